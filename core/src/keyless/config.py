@@ -1,0 +1,466 @@
+"""The one configuration schema every host uses (Airflow extra, Prefect block, Ray runtime_env,
+``keyless --config FILE``).
+
+Field names are a contract shared with checks outside this repository: add fields, rename none.
+:func:`load_config` turns a mapping, a JSON/YAML string or a file into :class:`KeylessConfig`,
+or raises :class:`~keyless.errors.ConfigError` naming the field path at fault and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from .context import TEMPLATE_FIELDS, check_template
+from .errors import ConfigError
+
+__all__ = [
+    "AmbientSource",
+    "AuditSpec",
+    "AwsTarget",
+    "AzureTarget",
+    "ClientCredentialsSource",
+    "CommandSource",
+    "DatabricksTarget",
+    "EnvSource",
+    "FileSource",
+    "GcpMetadataSource",
+    "GcpTarget",
+    "GithubActionsSource",
+    "GitlabSource",
+    "HuggingFaceTarget",
+    "KeylessConfig",
+    "OAuth2Target",
+    "RefreshSpec",
+    "SourceSpec",
+    "TargetsSpec",
+    "TokenExchangeSource",
+    "config_json_schema",
+    "load_config",
+]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+# ----------------------------------------------------------------------------- sources
+
+class FileSource(_Spec):
+    """A JWT in a file (Kubernetes projected service-account token, AKS, EKS). Re-read on
+    every fetch: kubelet rotates it in place."""
+
+    type: Literal["file"] = "file"
+    path: str = Field(min_length=1, description="Path of the token file.")
+    audience: str | None = Field(default=None, description="Informational: the file's aud.")
+
+
+class EnvSource(_Spec):
+    """A JWT in an environment variable set by the platform (never by keyless)."""
+
+    type: Literal["env"] = "env"
+    variable: str = Field(default="KEYLESS_OIDC_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                          description="Name of the variable holding the JWT.")
+    audience: str | None = None
+
+
+class GithubActionsSource(_Spec):
+    """GitHub Actions' OIDC token (needs `permissions: id-token: write`)."""
+
+    type: Literal["github_actions"] = "github_actions"
+    audience: str | None = Field(default=None, description="Requested aud.")
+
+
+class GitlabSource(_Spec):
+    """A GitLab CI `id_tokens:` variable."""
+
+    type: Literal["gitlab"] = "gitlab"
+    variable: str = Field(default="KEYLESS_ID_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                          description="The `id_tokens:` entry's variable name.")
+    audience: str | None = None
+
+
+class GcpMetadataSource(_Spec):
+    """The GCE/GKE metadata server's identity endpoint."""
+
+    type: Literal["gcp_metadata"] = "gcp_metadata"
+    audience: str | None = Field(default=None, description="Requested aud.")
+    metadata_host: str | None = Field(
+        default=None, description="Defaults to $GCE_METADATA_HOST or metadata.google.internal.")
+
+
+class ClientCredentialsSource(_Spec):
+    """An OAuth 2.0 client-credentials grant at the IdP; the access or ID token must be a JWT."""
+
+    type: Literal["client_credentials"] = "client_credentials"
+    token_url: str | None = Field(default=None, description="Token endpoint; or give issuer.")
+    issuer: str | None = Field(default=None, description="Issuer: token endpoint by discovery.")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = Field(default=None, json_schema_extra={"secret": True})
+    private_key: SecretStr | None = Field(
+        default=None, description="PEM private key for private_key_jwt (RFC 7523).",
+        json_schema_extra={"secret": True})
+    key_id: str | None = Field(default=None, description="kid header of the client assertion.")
+    signing_algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"] = "RS256"
+    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] | None = (
+        Field(default=None, description="Default: private_key_jwt with a private_key, "
+                                        "client_secret_basic otherwise."))
+    scope: str | None = None
+    resource: str | None = Field(default=None, description="RFC 8707 resource; default audience.")
+    audience: str | None = Field(default=None, description="Requested aud.")
+    audience_parameter: Literal["resource", "audience"] = Field(
+        default="resource", description="How the IdP takes the requested aud.")
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> ClientCredentialsSource:
+        if not self.token_url and not self.issuer:
+            raise ValueError("give token_url or issuer")
+        method = self.auth_method
+        if method == "private_key_jwt" and self.private_key is None:
+            raise ValueError("auth_method private_key_jwt needs private_key")
+        if method in ("client_secret_basic", "client_secret_post") and self.client_secret is None:
+            raise ValueError(f"auth_method {method} needs client_secret")
+        if method is None and self.client_secret is None and self.private_key is None:
+            raise ValueError("give client_secret or private_key")
+        return self
+
+
+class CommandSource(_Spec):
+    """A command that prints a JWT (or JSON with `id_token`/`access_token`/`token`)."""
+
+    type: Literal["command"] = "command"
+    command: list[str] = Field(min_length=1, description="argv; no shell.")
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    audience: str | None = Field(
+        default=None, description="Passed to the command as $KEYLESS_AUDIENCE.")
+
+
+class AmbientSource(_Spec):
+    """The first source that applies here: explicit env, Kubernetes/AKS token files,
+    GitHub Actions, GitLab, GCP metadata."""
+
+    type: Literal["ambient"] = "ambient"
+    audience: str | None = None
+
+
+class TokenExchangeSource(_Spec):
+    """RFC 8693: exchange the token of a nested `subject` source (and optional `actor`)."""
+
+    type: Literal["token_exchange"] = "token_exchange"
+    subject: SourceSpec
+    actor: SourceSpec | None = None
+    token_url: str = Field(min_length=1)
+    audience: str | None = None
+    resource: str | None = None
+    scope: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = Field(default=None, json_schema_extra={"secret": True})
+    subject_token_type: str = "urn:ietf:params:oauth:token-type:jwt"
+    actor_token_type: str = "urn:ietf:params:oauth:token-type:jwt"
+    requested_token_type: str = "urn:ietf:params:oauth:token-type:jwt"
+
+
+SourceSpec = Annotated[
+    Union[
+        FileSource, EnvSource, GithubActionsSource, GitlabSource, GcpMetadataSource,
+        ClientCredentialsSource, TokenExchangeSource, CommandSource, AmbientSource,
+    ],
+    Field(discriminator="type"),
+]
+TokenExchangeSource.model_rebuild()
+
+# ----------------------------------------------------------------------------- targets
+
+_ROLE_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_POLICY_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}$")
+
+
+class AwsTarget(_Spec):
+    """AWS STS AssumeRoleWithWebIdentity."""
+
+    role_arn: str = Field(description="arn:aws:iam::<account>:role/<name>")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    duration_seconds: int = Field(default=3600, ge=900, le=43200)
+    session_name: str = Field(
+        default="keyless-{job_id}-{task_id}-{rank}-{host}-{pid}",
+        description="Template over " + " ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+                    + "; sanitised to STS's 2-64 chars of [\\w+=,.@-].")
+    session_policy: str | dict[str, Any] | None = Field(
+        default=None, description="Inline session policy (JSON); a template over the context.")
+    policy_arns: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict, description="Session tags; templates.")
+    sts_endpoint_url: str | None = Field(
+        default=None, description="Default: $AWS_ENDPOINT_URL_STS, else the regional endpoint.")
+    audience: str = Field(default="sts.amazonaws.com",
+                          description="aud requested for the subject token.")
+
+    @field_validator("role_arn")
+    @classmethod
+    def _check_role_arn(cls, value: str) -> str:
+        if not _ROLE_ARN.match(value):
+            raise ValueError("must look like arn:aws:iam::123456789012:role/NAME")
+        return value
+
+    @field_validator("policy_arns")
+    @classmethod
+    def _check_policy_arns(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not _POLICY_ARN.match(arn):
+                raise ValueError(f"{arn!r} must look like arn:aws:iam::aws:policy/NAME")
+        return value
+
+    @model_validator(mode="after")
+    def _check_templates(self) -> AwsTarget:
+        check_template(self.session_name, "session_name")
+        policy = self.session_policy
+        if policy is not None:
+            text = policy if isinstance(policy, str) else json.dumps(policy)
+            check_template(text, "session_policy")
+        for key, value in self.tags.items():
+            check_template(value, f"tags.{key}")
+        return self
+
+
+class GcpTarget(_Spec):
+    """GCP workload identity federation (STS), optional impersonation and access boundary."""
+
+    audience: str = Field(description="//iam.googleapis.com/projects/N/locations/global/"
+                                      "workloadIdentityPools/POOL/providers/PROVIDER")
+    service_account: str | None = None
+    token_lifetime_seconds: int = Field(default=3600, ge=600, le=43200)
+    scopes: list[str] = Field(
+        default_factory=lambda: ["https://www.googleapis.com/auth/cloud-platform"])
+    access_boundary: str | dict[str, Any] | None = None
+    token_url: str = "https://sts.googleapis.com/v1/token"
+    impersonation_url: str | None = None
+    subject_audience: str | None = Field(
+        default=None, description="aud requested for the subject token (default: audience).")
+
+
+class AzureTarget(_Spec):
+    """Azure / Entra ID workload identity federation."""
+
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    authority_host: str | None = None
+    audience: str = "api://AzureADTokenExchange"
+
+
+class DatabricksTarget(_Spec):
+    """Databricks workload identity federation."""
+
+    host: str = Field(min_length=1)
+    client_id: str | None = None
+    audience: str | None = None
+
+
+class HuggingFaceTarget(_Spec):
+    """Hugging Face token exchange (RFC 8693)."""
+
+    resource: str = Field(min_length=1, description="A user, org or repo.")
+    token_url: str = "https://huggingface.co/oauth/token"
+    audience: str | None = None
+
+
+class OAuth2Target(_Spec):
+    """Any RFC 8693 token-exchange server."""
+
+    token_url: str = Field(min_length=1)
+    audience: str | None = None
+    resource: str | None = None
+    scope: str | None = None
+
+
+class TargetsSpec(_Spec):
+    """One or more targets."""
+
+    aws: AwsTarget | None = None
+    gcp: GcpTarget | None = None
+    azure: AzureTarget | None = None
+    databricks: DatabricksTarget | None = None
+    huggingface: HuggingFaceTarget | None = None
+    oauth2: OAuth2Target | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> TargetsSpec:
+        if not any(getattr(self, name) is not None for name in type(self).model_fields):
+            raise ValueError("give at least one target: " + ", ".join(type(self).model_fields))
+        return self
+
+
+# ----------------------------------------------------------------------------- the rest
+
+class RefreshSpec(_Spec):
+    """When and how tokens and credentials are refreshed."""
+
+    at_fraction: float = Field(default=0.5, gt=0.0, lt=1.0,
+                               description="Refresh after this fraction of the lifetime.")
+    jitter_fraction: float = Field(default=0.1, ge=0.0, le=0.5,
+                                   description="± this fraction of the lifetime, at random.")
+    max_backoff_seconds: float = Field(default=60.0, gt=0.0, le=3600.0)
+    initial_backoff_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
+
+
+class AuditSpec(_Spec):
+    """Where audit events go."""
+
+    sinks: list[Literal["log", "jsonl"]] = Field(default_factory=lambda: ["log"])  # type: ignore[arg-type]
+    jsonl_path: str | None = None
+
+    @model_validator(mode="after")
+    def _jsonl_needs_path(self) -> AuditSpec:
+        if "jsonl" in self.sinks and not self.jsonl_path:
+            raise ValueError("the jsonl sink needs jsonl_path")
+        return self
+
+
+class DeliverySpec(_Spec):
+    """Token files for unmodified code and subprocesses."""
+
+    token_dir: str | None = Field(
+        default=None, description="0700 directory for token files (default: a private temp dir).")
+
+
+class KeylessConfig(_Spec):
+    """The whole keyless configuration."""
+
+    source: SourceSpec = Field(default_factory=AmbientSource)  # type: ignore[arg-type]
+    target: TargetsSpec
+    refresh: RefreshSpec = Field(default_factory=RefreshSpec)
+    audit: AuditSpec = Field(default_factory=AuditSpec)
+    delivery: DeliverySpec = Field(default_factory=DeliverySpec)
+    allow_insecure_http: bool = Field(
+        default=False, description="Allow http:// URLs, and only to loopback addresses.")
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> KeylessConfig:
+        for path, url in _urls(self):
+            _check_url(path, url, self.allow_insecure_http)
+        return self
+
+
+_URL_FIELDS = frozenset({"token_url", "issuer", "sts_endpoint_url", "impersonation_url",
+                         "authority_host", "host"})
+
+
+def _urls(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            yield from _urls(value, path + ".")
+        elif name in _URL_FIELDS and isinstance(value, str):
+            yield path, value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(path: str, url: str, allow_insecure_http: bool) -> None:
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname:
+        if _is_loopback(parts.hostname) and allow_insecure_http:
+            return
+        why = ("http:// is allowed only for loopback addresses with allow_insecure_http: true"
+               if _is_loopback(parts.hostname) else "http:// is allowed only for loopback addresses")
+        raise ValueError(f"{path}: {url!r}: {why}; fix: use https://")
+    raise ValueError(f"{path}: {url!r} is not an https:// URL")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error.get("loc", ()) if not _is_union_tag(part))
+    msg = str(error.get("msg", "invalid"))
+    if error.get("type") == "extra_forbidden":
+        msg = "unknown field; remove it or check its spelling against `keyless schema`"
+    return f"{loc or '(top level)'}: {msg}"
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and part in {
+        "file", "env", "github_actions", "gitlab", "gcp_metadata", "client_credentials",
+        "token_exchange", "command", "ambient", "function-after[_check_credentials()]",
+    } or (isinstance(part, str) and part.startswith("function-"))
+
+
+def _validation_error(exc: pydantic.ValidationError) -> ConfigError:
+    errors = exc.errors(include_input=False, include_url=False)
+    lines = [_describe(e) for e in errors]
+    first_loc = errors[0].get("loc", ()) if errors else ()
+    field = ".".join(str(p) for p in first_loc if not _is_union_tag(p)) or None
+    return ConfigError("config: " + "; ".join(lines), field=field)
+
+
+def load_config(value: KeylessConfig | Mapping[str, Any] | str | Path) -> KeylessConfig:
+    """Validate a config from a model, a mapping, a JSON/YAML document or a file path.
+
+    A ``str`` that names an existing file is read as a file; any other ``str`` is parsed as
+    JSON or YAML. Raises :class:`ConfigError` naming the field path at fault.
+    """
+    if isinstance(value, KeylessConfig):
+        return value
+    if isinstance(value, Path) or (isinstance(value, str) and _looks_like_path(value)):
+        path = Path(value)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config: cannot read {str(path)!r}: {exc.__class__.__name__}; "
+                              "fix: pass a readable YAML or JSON file") from None
+        value = text
+    if isinstance(value, str):
+        value = _parse_document(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError("config: the document must be a mapping with `source` and `target`")
+    try:
+        return KeylessConfig.model_validate(dict(value))
+    except pydantic.ValidationError as exc:
+        raise _validation_error(exc) from None
+    except ValueError as exc:  # a validator raising outside pydantic's wrapping
+        raise ConfigError(f"config: {exc}") from None
+
+
+def _looks_like_path(text: str) -> bool:
+    if "\n" in text or text.lstrip().startswith(("{", "[")) or len(text) > 4096:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _parse_document(text: str) -> Any:
+    import yaml
+
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config: not valid YAML or JSON{where}; fix the document's syntax") \
+            from None
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON schema every host uses (Airflow conn-fields, Ray, Prefect, `keyless schema`)."""
+    return KeylessConfig.model_json_schema()

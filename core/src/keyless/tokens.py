@@ -1,0 +1,94 @@
+"""The subject token: a JWT held as a secret, with its claims read (not verified) once."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jwt
+
+from .errors import SourceMisconfigured
+from .secret import Secret
+
+__all__ = ["SubjectToken", "read_claims"]
+
+
+def read_claims(raw: str, origin: str) -> dict[str, Any]:
+    """Decode a JWT's payload without verifying it (the receiver verifies).
+
+    Raises :class:`SourceMisconfigured` naming ``origin`` when ``raw`` is not a JWT.
+    The message never contains the token.
+    """
+    try:
+        claims = jwt.decode(raw, options={"verify_signature": False, "verify_exp": False,
+                                          "verify_aud": False, "verify_iat": False,
+                                          "verify_nbf": False})
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise SourceMisconfigured(
+            f"{origin}: the token is not a JWT ({type(exc).__name__}); "
+            "fix: point the source at an OIDC ID token or JWT access token"
+        ) from None
+    if not isinstance(claims, dict):
+        raise SourceMisconfigured(f"{origin}: the token's payload is not a JSON object")
+    return claims
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class SubjectToken:
+    """A JWT from a source.
+
+    ``expires_at`` is the ``exp`` claim (epoch seconds). ``claims`` are decoded without
+    verification, for audit and diagnostics only.
+    """
+
+    token: Secret
+    expires_at: float
+    claims: dict[str, Any]
+    origin: str
+
+    @classmethod
+    def from_jwt(cls, raw: str, origin: str) -> SubjectToken:
+        """Build from a raw JWT; ``exp`` is required (a token that never expires is refused)."""
+        raw = raw.strip()
+        claims = read_claims(raw, origin)
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+            raise SourceMisconfigured(
+                f"{origin}: the token has no numeric 'exp' claim; "
+                "fix: use a source that issues expiring tokens"
+            )
+        return cls(token=Secret(raw), expires_at=float(exp), claims=claims, origin=origin)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.token.fingerprint
+
+    @property
+    def issuer(self) -> str | None:
+        iss = self.claims.get("iss")
+        return iss if isinstance(iss, str) else None
+
+    @property
+    def subject(self) -> str | None:
+        sub = self.claims.get("sub")
+        return sub if isinstance(sub, str) else None
+
+    @property
+    def audience(self) -> list[str]:
+        aud = self.claims.get("aud")
+        if isinstance(aud, str):
+            return [aud]
+        if isinstance(aud, list):
+            return [a for a in aud if isinstance(a, str)]
+        return []
+
+    @property
+    def issued_at(self) -> float | None:
+        iat = self.claims.get("iat")
+        if isinstance(iat, bool) or not isinstance(iat, (int, float)):
+            return None
+        return float(iat)
+
+    def __repr__(self) -> str:
+        return (f"SubjectToken(origin={self.origin!r}, iss={self.issuer!r}, sub={self.subject!r}, "
+                f"aud={self.audience!r}, exp={self.expires_at:.0f}, sha256={self.fingerprint})")
