@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from .context import TEMPLATE_FIELDS, check_template
+from .context import TEMPLATE_FIELDS, check_json_template, check_template
 from .errors import ConfigError
 
 __all__ = [
@@ -50,6 +50,31 @@ __all__ = [
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class _FieldProblem(ValueError):
+    """Raised inside validators: ``path`` is relative to the model being validated, so a
+    model-level check can still name the exact field (pydantic would only name the model).
+    A ValueError, so pydantic wraps it and :func:`load_config` turns it into a ConfigError."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def _check_template_at(template: str | dict[str, Any], path: str, *,
+                       json_document: bool = False) -> None:
+    try:
+        if json_document:
+            check_json_template(template, path)
+        else:
+            check_template(str(template), path)
+    except ConfigError as exc:
+        where = exc.field or path
+        raise _FieldProblem(where, exc.message.removeprefix(f"config: {where}: ")) from None
+    except RecursionError:
+        raise _FieldProblem(path, "nested too deeply; fix: flatten the document") from None
 
 
 # ----------------------------------------------------------------------------- sources
@@ -122,14 +147,15 @@ class ClientCredentialsSource(_Spec):
     @model_validator(mode="after")
     def _check_credentials(self) -> ClientCredentialsSource:
         if not self.token_url and not self.issuer:
-            raise ValueError("give token_url or issuer")
+            raise _FieldProblem("token_url", "give token_url or issuer")
         method = self.auth_method
         if method == "private_key_jwt" and self.private_key is None:
-            raise ValueError("auth_method private_key_jwt needs private_key")
+            raise _FieldProblem("private_key", "auth_method private_key_jwt needs private_key")
         if method in ("client_secret_basic", "client_secret_post") and self.client_secret is None:
-            raise ValueError(f"auth_method {method} needs client_secret")
+            raise _FieldProblem("client_secret", f"auth_method {method} needs client_secret")
         if method is None and self.client_secret is None and self.private_key is None:
-            raise ValueError("give client_secret or private_key")
+            raise _FieldProblem("client_secret", "give client_secret or private_key "
+                                "(private_key_jwt); fix: add one of them")
         return self
 
 
@@ -212,20 +238,18 @@ class AwsTarget(_Spec):
     @field_validator("policy_arns")
     @classmethod
     def _check_policy_arns(cls, value: list[str]) -> list[str]:
-        for arn in value:
+        for index, arn in enumerate(value):
             if not _POLICY_ARN.match(arn):
-                raise ValueError(f"{arn!r} must look like arn:aws:iam::aws:policy/NAME")
+                raise _FieldProblem(str(index), "must look like arn:aws:iam::aws:policy/NAME")
         return value
 
     @model_validator(mode="after")
     def _check_templates(self) -> AwsTarget:
-        check_template(self.session_name, "session_name")
-        policy = self.session_policy
-        if policy is not None:
-            text = policy if isinstance(policy, str) else json.dumps(policy)
-            check_template(text, "session_policy")
+        _check_template_at(self.session_name, "session_name")
+        if self.session_policy is not None:  # templates in JSON string values (context.py)
+            _check_template_at(self.session_policy, "session_policy", json_document=True)
         for key, value in self.tags.items():
-            check_template(value, f"tags.{key}")
+            _check_template_at(value, f"tags.{key}")
         return self
 
 
@@ -309,16 +333,21 @@ class RefreshSpec(_Spec):
     initial_backoff_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
 
 
+def _default_sinks() -> list[Literal["log", "jsonl"]]:
+    return ["log"]
+
+
 class AuditSpec(_Spec):
     """Where audit events go."""
 
-    sinks: list[Literal["log", "jsonl"]] = Field(default_factory=lambda: ["log"])  # type: ignore[arg-type]
+    sinks: list[Literal["log", "jsonl"]] = Field(default_factory=lambda: _default_sinks())
     jsonl_path: str | None = None
 
     @model_validator(mode="after")
     def _jsonl_needs_path(self) -> AuditSpec:
         if "jsonl" in self.sinks and not self.jsonl_path:
-            raise ValueError("the jsonl sink needs jsonl_path")
+            raise _FieldProblem("jsonl_path", "the jsonl sink needs jsonl_path; "
+                                "fix: set audit.jsonl_path to a file path")
         return self
 
 
@@ -332,7 +361,7 @@ class DeliverySpec(_Spec):
 class KeylessConfig(_Spec):
     """The whole keyless configuration."""
 
-    source: SourceSpec = Field(default_factory=AmbientSource)  # type: ignore[arg-type]
+    source: SourceSpec = Field(default_factory=AmbientSource)
     target: TargetsSpec
     refresh: RefreshSpec = Field(default_factory=RefreshSpec)
     audit: AuditSpec = Field(default_factory=AuditSpec)
@@ -371,40 +400,66 @@ def _is_loopback(host: str) -> bool:
 
 
 def _check_url(path: str, url: str, allow_insecure_http: bool) -> None:
-    parts = urlsplit(url if "://" in url else f"https://{url}")
-    if parts.scheme == "https" and parts.hostname:
+    try:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        host = parts.hostname
+    except ValueError:  # e.g. an invalid IPv6 literal
+        raise _FieldProblem(path, "not a valid URL; fix: give an https:// URL") from None
+    shown = f"{parts.scheme}://{host}" if host else "the URL"  # never userinfo: may be a secret
+    if parts.scheme == "https" and host:
         return
-    if parts.scheme == "http" and parts.hostname:
-        if _is_loopback(parts.hostname) and allow_insecure_http:
+    if parts.scheme == "http" and host:
+        if _is_loopback(host) and allow_insecure_http:
             return
-        why = ("http:// is allowed only for loopback addresses with allow_insecure_http: true"
-               if _is_loopback(parts.hostname) else "http:// is allowed only for loopback addresses")
-        raise ValueError(f"{path}: {url!r}: {why}; fix: use https://")
-    raise ValueError(f"{path}: {url!r} is not an https:// URL")
+        if _is_loopback(host):
+            raise _FieldProblem(path, f"{shown}: http:// is allowed only for loopback addresses "
+                                "and only with allow_insecure_http: true; fix: use https:// "
+                                "or set allow_insecure_http: true for a local test")
+        raise _FieldProblem(path, f"{shown}: http:// is allowed only for loopback addresses "
+                            "(even with allow_insecure_http); fix: use https://")
+    raise _FieldProblem(path, f"{shown} is not an https:// URL; fix: use https://")
 
 
 # ----------------------------------------------------------------------------- loading
 
-def _describe(error: Mapping[str, Any]) -> str:
-    loc = ".".join(str(part) for part in error.get("loc", ()) if not _is_union_tag(part))
+def _locate(error: Mapping[str, Any]) -> tuple[str, str]:
+    """The dotted field path and the problem of one pydantic error."""
+    parts = [str(part) for part in error.get("loc", ()) if not _is_union_tag(part)]
     msg = str(error.get("msg", "invalid"))
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldProblem):
+        parts.append(cause.path)
+        msg = cause.problem
+    elif error.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
         msg = "unknown field; remove it or check its spelling against `keyless schema`"
+    elif error.get("type") == "union_tag_invalid":
+        parts.append("type")
+        msg = "unknown source type; allowed: " + ", ".join(_SOURCE_TYPES)
+    elif error.get("type") == "union_tag_not_found":
+        parts.append("type")
+        msg = "missing; fix: give `type`, one of " + ", ".join(_SOURCE_TYPES)
+    return ".".join(parts), msg
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc, msg = _locate(error)
     return f"{loc or '(top level)'}: {msg}"
 
 
 def _is_union_tag(part: object) -> bool:
-    return isinstance(part, str) and part in {
-        "file", "env", "github_actions", "gitlab", "gcp_metadata", "client_credentials",
-        "token_exchange", "command", "ambient", "function-after[_check_credentials()]",
-    } or (isinstance(part, str) and part.startswith("function-"))
+    return isinstance(part, str) and (part in _SOURCE_TYPES or part.startswith("function-"))
+
+
+_SOURCE_TYPES = ("file", "env", "github_actions", "gitlab", "gcp_metadata", "client_credentials",
+                 "token_exchange", "command", "ambient")
 
 
 def _validation_error(exc: pydantic.ValidationError) -> ConfigError:
     errors = exc.errors(include_input=False, include_url=False)
     lines = [_describe(e) for e in errors]
-    first_loc = errors[0].get("loc", ()) if errors else ()
-    field = ".".join(str(p) for p in first_loc if not _is_union_tag(p)) or None
+    field = (_locate(errors[0])[0] or None) if errors else None
     return ConfigError("config: " + "; ".join(lines), field=field)
 
 
@@ -434,6 +489,8 @@ def load_config(value: KeylessConfig | Mapping[str, Any] | str | Path) -> Keyles
         raise _validation_error(exc) from None
     except ValueError as exc:  # a validator raising outside pydantic's wrapping
         raise ConfigError(f"config: {exc}") from None
+    except RecursionError:
+        raise ConfigError("config: the document is nested too deeply; fix: flatten it") from None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -450,7 +507,7 @@ def _parse_document(text: str) -> Any:
 
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also ints over the digit limit
         pass
     try:
         return yaml.safe_load(text)

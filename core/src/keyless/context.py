@@ -7,18 +7,22 @@ is a config error, an unknown value renders as an empty string.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import socket
 import string
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
 __all__ = [
     "TEMPLATE_FIELDS",
     "WorkerContext",
+    "check_json_template",
     "check_template",
+    "render_json_template",
     "render_template",
     "sanitize_session_name",
 ]
@@ -89,6 +93,66 @@ def check_template(template: str, field: str) -> None:
 def render_template(template: str, context: WorkerContext) -> str:
     """Fill a template (already checked) from the context."""
     return template.format(**context.as_dict())
+
+
+def _as_json_document(value: str | Mapping[str, Any]) -> Any:
+    """A mapping as is; a string that parses as a JSON object or array, parsed; else None."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, (dict, list)) else None
+
+
+def _string_leaves(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, Mapping):
+        for key, child in node.items():
+            yield from _string_leaves(child, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from _string_leaves(child, f"{path}.{index}")
+
+
+def _render_leaves(node: Any, context: WorkerContext) -> Any:
+    if isinstance(node, str):
+        return render_template(node, context)
+    if isinstance(node, Mapping):
+        return {key: _render_leaves(child, context) for key, child in node.items()}
+    if isinstance(node, list):
+        return [_render_leaves(child, context) for child in node]
+    return node
+
+
+def check_json_template(value: str | Mapping[str, Any], field: str) -> None:
+    """Check a JSON template (a session policy, an access boundary).
+
+    A mapping, or a string holding a JSON object/array, is a template in its string values
+    only (JSON's own braces need no escaping): ``"Resource": "arn:aws:s3:::b/{rank}/*"``.
+    Any other string is one :func:`check_template` template. Raises ConfigError naming
+    ``field`` and the path inside the document.
+    """
+    document = _as_json_document(value)
+    if document is None:
+        check_template(str(value), field)
+        return
+    for path, leaf in _string_leaves(document, field):
+        check_template(leaf, path)
+
+
+def render_json_template(value: str | Mapping[str, Any], context: WorkerContext) -> str:
+    """Fill a template checked by :func:`check_json_template`; returns compact JSON text.
+
+    Values are substituted inside JSON strings and re-encoded, so a context value holding a
+    quote cannot change the document's structure.
+    """
+    document = _as_json_document(value)
+    if document is None:
+        return render_template(str(value), context)
+    return json.dumps(_render_leaves(document, context), separators=(",", ":"))
 
 
 _INVALID = re.compile(r"[^\w+=,.@-]", re.ASCII)

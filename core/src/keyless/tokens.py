@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jwt
@@ -33,6 +34,18 @@ def read_claims(raw: str, origin: str) -> dict[str, Any]:
     return claims
 
 
+def _finite_number(value: object) -> float | None:
+    """``value`` as a finite float; None for bools, non-numbers, NaN, infinities and ints too
+    large for a float (JSON allows all of them in a claim)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class SubjectToken:
     """A JWT from a source.
@@ -52,12 +65,13 @@ class SubjectToken:
         raw = raw.strip()
         claims = read_claims(raw, origin)
         exp = claims.get("exp")
-        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        expires_at = _finite_number(exp)
+        if expires_at is None:
             raise SourceMisconfigured(
-                f"{origin}: the token has no numeric 'exp' claim; "
+                f"{origin}: the token has no finite numeric 'exp' claim; "
                 "fix: use a source that issues expiring tokens"
             )
-        return cls(token=Secret(raw), expires_at=float(exp), claims=claims, origin=origin)
+        return cls(token=Secret(raw), expires_at=expires_at, claims=claims, origin=origin)
 
     @property
     def fingerprint(self) -> str:
@@ -84,10 +98,7 @@ class SubjectToken:
 
     @property
     def issued_at(self) -> float | None:
-        iat = self.claims.get("iat")
-        if isinstance(iat, bool) or not isinstance(iat, (int, float)):
-            return None
-        return float(iat)
+        return _finite_number(self.claims.get("iat"))
 
     def __repr__(self) -> str:
         return (f"SubjectToken(origin={self.origin!r}, iss={self.issuer!r}, sub={self.subject!r}, "

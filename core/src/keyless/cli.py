@@ -1,0 +1,156 @@
+"""The ``keyless`` command line.
+
+Exit codes: 0 success (for ``exec``: the command's own status), 1 a runtime failure
+(source, exchange), 2 bad usage or a bad config. Errors print one line on stderr that starts
+with the component and carries the fix; a token is printed only by ``token --raw``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from .config import config_json_schema
+from .errors import ConfigError, KeylessError
+from .identity import Keyless
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keyless", description="Short-lived, per-worker cloud identity through OIDC "
+                                    "workload identity federation.")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="do not print audit events on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    token = sub.add_parser("token", help="fetch a subject token and print its claims")
+    token.add_argument("--config", required=True, metavar="FILE")
+    token.add_argument("--audience", default=None)
+    token.add_argument("--raw", action="store_true", help="print the JWT itself")
+
+    env = sub.add_parser("env", help="write token files once and print the SDK variables")
+    env.add_argument("--config", required=True, metavar="FILE")
+    env.add_argument("--format", choices=("sh", "json"), default="sh")
+    env.add_argument("--token-dir", default=None, metavar="DIR",
+                     help="a private directory for the token files (default: a new temp dir)")
+
+    run = sub.add_parser("exec", help="run a command with token files + SDK variables kept "
+                                      "fresh until it exits")
+    run.add_argument("--config", required=True, metavar="FILE")
+    run.add_argument("--token-dir", default=None, metavar="DIR")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+    sub.add_parser("schema", help="print the config's JSON schema")
+    sub.add_parser("demo", help="the whole federation on this machine, no cloud account")
+    return parser
+
+
+def _configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("keyless")
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    audit = logging.getLogger("keyless.audit")
+    audit.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    identity = Keyless(args.config)
+    token = identity.subject_token(args.audience)
+    if args.raw:
+        print(token.token.reveal())
+    else:
+        print(json.dumps(token.claims, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from .delivery import TokenDirectory, TokenFileKeeper, sdk_environment
+
+    identity = Keyless(args.config)
+    directory = TokenDirectory(args.token_dir or identity.config.delivery.token_dir)
+    keeper = TokenFileKeeper(identity, directory)
+    keeper.write_all()
+    env = sdk_environment(identity, keeper.files)
+    if args.format == "json":
+        print(json.dumps(env, indent=2, sort_keys=True))
+    else:
+        import shlex
+
+        for key, value in sorted(env.items()):
+            print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    from .delivery import STATIC_AWS_VARIABLES, worker_environment
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("keyless exec: no command given; usage: keyless exec --config F -- CMD ...",
+              file=sys.stderr)
+        return 2
+    identity = Keyless(args.config)
+    with worker_environment(identity, args.token_dir) as extra:
+        child_env = {k: v for k, v in os.environ.items() if k not in STATIC_AWS_VARIABLES}
+        child_env.update(extra)
+        try:
+            child = subprocess.Popen(argv, env=child_env)
+        except OSError as exc:
+            print(f"keyless exec: cannot run {argv[0]!r}: {exc.strerror}", file=sys.stderr)
+            return 127
+
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            child.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _cmd_schema(_args: argparse.Namespace) -> int:
+    print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_demo(_args: argparse.Namespace) -> int:
+    print("keyless demo: the embedded demo (dev issuer + local STS/S3 + several workers) is "
+          "not there yet; `keyless schema`, `token`, `env` and `exec` work today.")
+    return 0
+
+
+_COMMANDS = {"token": _cmd_token, "env": _cmd_env, "exec": _cmd_exec,
+             "schema": _cmd_schema, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"keyless: {exc}", file=sys.stderr)
+        return 2
+    except KeylessError as exc:
+        print(f"keyless: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

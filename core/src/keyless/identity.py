@@ -1,0 +1,201 @@
+"""The pipeline for one config in one process: source → refresher → exchanges → delivery.
+
+:class:`Keyless` is what every host wraps (Airflow hook, Prefect block, Ray plugin, CLI). It owns
+the subject-token caches (one :class:`~keyless.refresher.Refresher` per audience); the cloud
+SDKs own their credential caches. It is picklable: only the config and the worker context
+cross a process boundary; caches, locks and HTTP clients are rebuilt lazily on the other side.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .audit import AuditEvent, AuditLog
+from .clock import Clock, SystemClock
+from .config import KeylessConfig, load_config
+from .context import WorkerContext
+from .errors import ConfigError, SourceUnavailable
+from .refresher import Fetched, Refresher, RefreshPolicy
+from .sources import build_source
+from .sources.base import Source, default_http_client
+from .tokens import SubjectToken
+
+if TYPE_CHECKING:
+    import boto3
+
+    from .targets.aws import AwsExchange
+
+__all__ = ["Keyless"]
+
+
+class Keyless:
+    """Short-lived, refreshed identity for one worker.
+
+    ``config`` is anything :func:`~keyless.config.load_config` takes. ``context`` names the
+    worker (default: what this process can see). ``clock``, ``http`` and ``environ`` are
+    injected for tests; production leaves them unset.
+    """
+
+    def __init__(self, config: KeylessConfig | Mapping[str, Any] | str | Path, *,
+                 context: WorkerContext | None = None, clock: Clock | None = None,
+                 http: Callable[[], httpx.Client] | None = None,
+                 environ: Mapping[str, str] | None = None,
+                 audit: AuditLog | None = None, rng: random.Random | None = None) -> None:
+        self.config = load_config(config)
+        self.context = context if context is not None else WorkerContext.from_environment()
+        self._clock = clock
+        self._http = http
+        self._environ = environ
+        self._audit = audit
+        self._rng = rng
+        self._init_caches()
+
+    # ------------------------------------------------------------------ state / pickling
+    def _init_caches(self) -> None:
+        self._lock = threading.Lock()
+        self._source: Source | None = None
+        self._refreshers: dict[str, Refresher[SubjectToken]] = {}
+        self._aws: AwsExchange | None = None
+        self._audit_log: AuditLog | None = self._audit
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "context": self.context}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.config = state["config"]
+        self.context = state["context"]
+        self._clock = None
+        self._http = None
+        self._environ = None
+        self._audit = None
+        self._rng = None
+        self._init_caches()
+
+    def __repr__(self) -> str:
+        targets = [name for name in type(self.config.target).model_fields
+                   if getattr(self.config.target, name) is not None]
+        return f"Keyless(source={self.config.source.type!r}, targets={targets!r})"
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def clock(self) -> Clock:
+        if self._clock is None:
+            self._clock = SystemClock()
+        return self._clock
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return os.environ if self._environ is None else self._environ
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit_log is None:
+            self._audit_log = AuditLog.from_spec(self.config.audit, clock=self.clock)
+        return self._audit_log
+
+    @property
+    def policy(self) -> RefreshPolicy:
+        return RefreshPolicy.from_spec(self.config.refresh)
+
+    @property
+    def source(self) -> Source:
+        with self._lock:
+            if self._source is None:
+                self._source = build_source(self.config.source, http=self._http or
+                                            default_http_client, environ=self.environ,
+                                            clock=self.clock)
+            return self._source
+
+    def _random(self) -> random.Random:
+        return self._rng if self._rng is not None else random.Random()  # noqa: S311
+
+    # ------------------------------------------------------------------ subject tokens
+    def default_audience(self) -> str | None:
+        """The subject-token audience when none is asked for: the source's, else the first
+        target's."""
+        if self.config.source.audience:
+            return self.config.source.audience
+        target = self.config.target
+        if target.aws is not None:
+            return target.aws.audience
+        if target.gcp is not None:
+            return target.gcp.subject_audience or target.gcp.audience
+        if target.azure is not None:
+            return target.azure.audience
+        for other in (target.databricks, target.huggingface, target.oauth2):
+            if other is not None and other.audience:
+                return other.audience
+        return None
+
+    def resolve_audience(self, audience: str | None = None) -> str:
+        """The audience a token is really requested for: the source's explicit ``audience``
+        wins, else the one asked for, else :meth:`default_audience` ("" when none)."""
+        return self.config.source.audience or audience or self.default_audience() or ""
+
+    def token_refresher(self, audience: str | None = None) -> Refresher[SubjectToken]:
+        """The refresher that owns the subject token for ``audience`` in this process."""
+        key = self.resolve_audience(audience)
+        with self._lock:
+            refresher = self._refreshers.get(key)
+            if refresher is None:
+                refresher = Refresher(
+                    lambda: self._fetch_subject_token(key or None),
+                    name=f"source {self.config.source.type}", policy=self.policy,
+                    clock=self.clock, rng=self._random(),
+                    on_refresh=self._audit_issue, on_error=self._audit_error)
+                self._refreshers[key] = refresher
+            return refresher
+
+    def subject_token(self, audience: str | None = None) -> SubjectToken:
+        """A valid subject token for ``audience`` (cached, refreshed ahead of expiry)."""
+        return self.token_refresher(audience).get()
+
+    def token(self, audience: str | None = None) -> str:
+        """The raw JWT for ``audience``. Hand it only to the party it is meant for."""
+        return self.subject_token(audience).token.reveal()
+
+    def _fetch_subject_token(self, audience: str | None) -> Fetched[SubjectToken]:
+        token = self.source.fetch(audience)
+        if token is None:
+            raise SourceUnavailable(
+                f"source {self.config.source.type}: no token here; fix: configure "
+                "`source` explicitly (see `keyless schema`)")
+        return Fetched(value=token, expires_at=token.expires_at, issued_at=token.issued_at)
+
+    def _audit_issue(self, token: SubjectToken, first: bool) -> None:
+        self.audit.emit(AuditEvent.for_token(
+            "issue" if first else "refresh", token, source=self.config.source.type,
+            target="token", context=self.context.as_dict()))
+
+    def _audit_error(self, error: BaseException, stale: bool) -> None:
+        self.audit.emit(AuditEvent.for_failure(
+            error, source=self.config.source.type, target="token",
+            context=self.context.as_dict()))
+
+    # ------------------------------------------------------------------ AWS
+    def aws(self) -> AwsExchange:
+        """The AWS exchange for this worker (raises ConfigError without a target.aws)."""
+        from .targets.aws import AwsExchange
+
+        target = self.config.target.aws
+        if target is None:
+            raise ConfigError("config: target.aws is not configured; fix: add target.aws "
+                              "with role_arn", field="target.aws")
+        with self._lock:
+            if self._aws is None:
+                self._aws = AwsExchange(
+                    target, tokens=self.subject_token, source_name=self.config.source.type,
+                    context=self.context, policy=self.policy, audit=self.audit,
+                    environ=self.environ, rng=self._random())
+            return self._aws
+
+    def boto3_session(self) -> boto3.Session:
+        """A ``boto3.Session`` whose credentials refresh themselves for as long as it lives."""
+        return self.aws().boto3_session()

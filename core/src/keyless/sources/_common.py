@@ -1,0 +1,196 @@
+"""Plumbing shared by the sources: HTTP calls with the error mapping every source uses, and
+scrubbing of anything that might carry a token before it reaches a message.
+
+Error mapping (one place, so every source agrees):
+
+- timeouts, connection errors, HTTP 429 and 5xx -> :class:`SourceUnavailable` (transient: the
+  refresher retries with backoff);
+- redirects, other 4xx, unsupported URL schemes, non-JSON answers -> :class:`SourceMisconfigured`
+  with the facts and a fix;
+- OAuth 2.0 error answers (RFC 6749 §5.2) -> :class:`SourceMisconfigured` quoting ``error`` and
+  ``error_description`` (scrubbed) and a fix chosen by the error code.
+
+Messages name URLs without user-info, query or fragment, and never carry a request's secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import jwt
+
+from ..errors import SourceMisconfigured, SourceUnavailable
+
+__all__ = [
+    "OAUTH_FIXES",
+    "is_jwt",
+    "looks_like_token",
+    "oauth_json",
+    "raise_for_status",
+    "safe_url",
+    "scrub",
+    "send",
+]
+
+# A JWT-ish or long opaque run of token characters: never echoed.
+_TOKENISH = re.compile(
+    r"[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]*)?"
+    r"|[A-Za-z0-9_\-+/=]{40,}"
+)
+_MAX_QUOTE = 300
+
+
+def safe_url(url: str | httpx.URL) -> str:
+    """``url`` without user-info, query and fragment: fit for a message."""
+    parts = urlsplit(str(url))
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Replace every given secret and every token-looking run in ``text``; cap its length."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    text = _TOKENISH.sub("[redacted]", text)
+    if len(text) > _MAX_QUOTE:
+        text = text[:_MAX_QUOTE] + "..."
+    return text
+
+
+def looks_like_token(text: str) -> bool:
+    """Whether ``text`` holds something JWT-like or a long opaque credential-like run."""
+    return _TOKENISH.search(text) is not None
+
+
+def is_jwt(raw: object) -> bool:
+    """Whether ``raw`` is a compact JWS whose header and payload decode (not verified)."""
+    if not isinstance(raw, str) or raw.count(".") != 2:
+        return False
+    try:
+        jwt.get_unverified_header(raw)
+        claims = jwt.decode(raw, options={"verify_signature": False, "verify_exp": False,
+                                          "verify_aud": False, "verify_iat": False,
+                                          "verify_nbf": False})
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return False
+    return isinstance(claims, dict)
+
+
+def send(component: str, client: httpx.Client, method: str, url: str, *,
+         data: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
+         timeout: float | None = None) -> httpx.Response:
+    """Send one request; transport failures become keyless errors naming ``component``.
+
+    ``timeout`` overrides the client's default for this request (``None``: the client's).
+    """
+    kwargs: dict[str, Any] = {}
+    if data is not None:
+        kwargs["data"] = dict(data)
+    if headers is not None:
+        kwargs["headers"] = dict(headers)
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    where = safe_url(url)
+    try:
+        return client.request(method, url, **kwargs)
+    except httpx.UnsupportedProtocol:
+        raise SourceMisconfigured(
+            f"{component}: {where!r} is not an http(s) URL; fix: use an https:// URL"
+        ) from None
+    except httpx.TimeoutException as exc:
+        raise SourceUnavailable(
+            f"{component}: {where} did not answer in time ({type(exc).__name__}); "
+            "transient, retried with backoff"
+        ) from None
+    except httpx.TransportError as exc:
+        raise SourceUnavailable(
+            f"{component}: cannot reach {where} ({type(exc).__name__}); "
+            "transient, retried with backoff; if it persists check the URL and the network"
+        ) from None
+    except httpx.InvalidURL:
+        raise SourceMisconfigured(f"{component}: {where!r} is not a valid URL") from None
+
+
+def raise_for_status(component: str, response: httpx.Response, fix_4xx: str) -> None:
+    """Map a non-2xx answer: 429/5xx -> SourceUnavailable, 3xx/4xx -> SourceMisconfigured."""
+    status = response.status_code
+    where = safe_url(response.request.url)
+    if status == 429 or status >= 500:
+        raise SourceUnavailable(
+            f"{component}: {where} answered HTTP {status}; transient, retried with backoff")
+    if 300 <= status < 400:
+        target = safe_url(response.headers.get("location", "?"))
+        raise SourceMisconfigured(
+            f"{component}: {where} redirects (HTTP {status}) to {target}; "
+            "fix: configure the final URL (redirects are not followed)")
+    if status >= 400:
+        raise SourceMisconfigured(f"{component}: {where} answered HTTP {status}; fix: {fix_4xx}")
+
+
+OAUTH_FIXES: Mapping[str, str] = {
+    "invalid_client": "check client_id and the client_secret/private_key, and that auth_method "
+                      "is one the IdP allows for this client",
+    "invalid_target": "the audience/resource is not allowed for this client: register it at the "
+                      "IdP (resource indicators) or request another audience",
+    "invalid_scope": "the scope is not allowed for this client: fix `scope` or the IdP's client",
+    "unauthorized_client": "the client may not use this grant type: enable it at the IdP",
+    "unsupported_grant_type": "the server does not support this grant type: check token_url",
+    "invalid_grant": "the grant or subject token was refused (expired, wrong audience, issuer "
+                     "not trusted): check the subject token's claims with `keyless doctor`",
+    "invalid_request": "the request was malformed for this server: check the source's fields",
+    "access_denied": "the server denied access: check the client's permissions at the IdP",
+}
+
+
+def oauth_json(component: str, response: httpx.Response, *,
+               secrets: Iterable[str] = (), fixes: Mapping[str, str] | None = None
+               ) -> dict[str, Any]:
+    """The JSON object of a token endpoint's success answer, or the mapped error.
+
+    An error answer with an OAuth ``error`` quotes ``error`` and ``error_description``
+    (scrubbed of ``secrets`` and of anything token-like) and a fix for that code.
+    """
+    status = response.status_code
+    where = safe_url(response.request.url)
+    secrets = tuple(secrets)
+    if 400 <= status < 500 and status != 429:
+        error, description = _oauth_error(response)
+        if error:
+            fix = {**OAUTH_FIXES, **(fixes or {})}.get(
+                error, "see the server's documentation for this error")
+            desc = f", error_description={scrub(description, secrets)!r}" if description else ""
+            raise SourceMisconfigured(
+                f"{component}: {where} refused the request (HTTP {status}): "
+                f"error={scrub(error, secrets)!r}{desc}; fix: {fix}")
+    raise_for_status(component, response,
+                     "check token_url and the client's registration at the IdP")
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise SourceMisconfigured(
+            f"{component}: {where} answered HTTP {status} without a JSON object; "
+            "fix: check that token_url is the IdP's token endpoint")
+    return body
+
+
+def _oauth_error(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    error = body.get("error")
+    description = body.get("error_description")
+    return (error if isinstance(error, str) else "",
+            description if isinstance(description, str) else "")

@@ -1,0 +1,1 @@
+"""Exchanges: one module per target, each delegating to the vendor library."""

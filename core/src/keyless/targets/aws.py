@@ -1,0 +1,245 @@
+"""AWS: a ``boto3.Session`` whose credentials refresh themselves through botocore's own
+web-identity fetcher, fed by a keyless source.
+
+botocore does the exchange (``AssumeRoleWithWebIdentityCredentialFetcher``) and owns the
+credential cache (``DeferredRefreshableCredentials``); keyless supplies the subject token,
+per-worker session name / policy / tags, refresh windows scaled to the real session length
+(botocore's fixed 15/10-minute windows make a 900 s session call STS on every access), backoff
+after a failed advisory refresh, typed errors and audit events. The provider is installed with
+the public ``CredentialResolver.insert_before`` and always answers, so the session never falls
+back to a broader credential chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..audit import AuditEvent, AuditLog
+from ..config import AwsTarget
+from ..context import (
+    WorkerContext,
+    render_json_template,
+    render_template,
+    sanitize_session_name,
+)
+from ..errors import KeylessError
+from ..refresher import RefreshPolicy
+from ..tokens import SubjectToken
+from .aws_errors import translate_sts_error
+
+if TYPE_CHECKING:
+    import boto3
+
+__all__ = ["AwsExchange", "resolve_region", "resolve_sts_endpoint"]
+
+logger = logging.getLogger("keyless.aws")
+
+TokenGetter = Callable[[str], SubjectToken]
+
+
+def resolve_region(target: AwsTarget, environ: Mapping[str, str]) -> str:
+    """The region: the target's, else $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1."""
+    return target.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") \
+        or "us-east-1"
+
+
+def resolve_sts_endpoint(target: AwsTarget, environ: Mapping[str, str]) -> str | None:
+    """The STS endpoint: the target's, else the standard $AWS_ENDPOINT_URL_STS, else botocore's
+    regional default (None)."""
+    return target.sts_endpoint_url or environ.get("AWS_ENDPOINT_URL_STS") or None
+
+
+class _NoCache(dict[str, Any]):
+    """The fetcher's cache, disabled: the refreshable credentials are the one owner."""
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        return None
+
+
+def _credentials_class() -> type[Any]:
+    from botocore.credentials import DeferredRefreshableCredentials
+
+    base: Any = DeferredRefreshableCredentials  # its private fields are not in the stubs
+
+    class ScaledRefreshableCredentials(base):  # type: ignore[misc]
+        """Deferred refreshable credentials whose advisory/mandatory windows follow each
+        credential set's real lifetime (with jitter), and that back off after a failed
+        advisory refresh instead of retrying on every access."""
+
+        def __init__(self, refresh_using: Callable[[], dict[str, Any]], method: str,
+                     policy: RefreshPolicy, rng: random.Random) -> None:
+            super().__init__(refresh_using=self._refresh_and_scale, method=method)
+            self._fetch_metadata = refresh_using
+            self._policy = policy
+            self._rng = rng
+            self._failures = 0
+            self._retry_at: float = 0.0
+
+        def _now(self) -> float:
+            return float(self._time_fetcher().timestamp())
+
+        def _refresh_and_scale(self) -> dict[str, Any]:
+            from botocore.utils import parse_timestamp
+
+            try:
+                metadata = self._fetch_metadata()
+            except Exception:
+                self._failures += 1
+                ceiling = min(self._policy.max_backoff_seconds,
+                              self._policy.initial_backoff_seconds * 2 ** self._failures)
+                self._retry_at = self._now() + self._rng.uniform(0.0, ceiling)
+                raise
+            self._failures = 0
+            self._retry_at = 0.0
+            lifetime = max(parse_timestamp(metadata["expiry_time"]).timestamp() - self._now(), 1.0)
+            mandatory = max(min(0.1 * lifetime, 120.0), 0.5)
+            jitter = self._rng.uniform(-self._policy.jitter_fraction, self._policy.jitter_fraction)
+            advisory = lifetime * (1.0 - self._policy.at_fraction + jitter)
+            self._mandatory_refresh_timeout = mandatory
+            self._advisory_refresh_timeout = min(max(advisory, mandatory + 0.5), lifetime)
+            return metadata
+
+        def refresh_needed(self, refresh_in: float | None = None) -> bool:
+            if self._frozen_credentials is not None and self._retry_at:
+                remaining = self._expiry_time.timestamp() - self._now()
+                if self._now() < self._retry_at and remaining >= self._mandatory_refresh_timeout:
+                    return False
+            return bool(super().refresh_needed(refresh_in))
+
+    return ScaledRefreshableCredentials
+
+
+class AwsExchange:
+    """Builds self-refreshing boto3 sessions for one :class:`AwsTarget` and worker context."""
+
+    METHOD = "keyless-web-identity"
+
+    def __init__(self, target: AwsTarget, *, tokens: TokenGetter, source_name: str,
+                 context: WorkerContext, policy: RefreshPolicy, audit: AuditLog,
+                 environ: Mapping[str, str], rng: random.Random | None = None) -> None:
+        self.target = target
+        self._tokens = tokens
+        self._source_name = source_name
+        self.context = context
+        self._policy = policy
+        self._audit = audit
+        self._environ = environ
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.region = resolve_region(target, environ)
+        self.sts_endpoint_url = resolve_sts_endpoint(target, environ)
+        self.session_name = sanitize_session_name(render_template(target.session_name, context))
+        self._last_token: SubjectToken | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ request shape
+    def assume_role_arguments(self) -> dict[str, Any]:
+        """The AssumeRoleWithWebIdentity arguments other than the token (for audit/doctor)."""
+        target = self.target
+        args: dict[str, Any] = {"RoleSessionName": self.session_name,
+                                "DurationSeconds": target.duration_seconds}
+        if target.session_policy is not None:
+            args["Policy"] = render_json_template(target.session_policy, self.context)
+        if target.policy_arns:
+            args["PolicyArns"] = [{"arn": arn} for arn in target.policy_arns]
+        if target.tags:
+            args["Tags"] = [{"Key": key, "Value": render_template(value, self.context)}
+                            for key, value in target.tags.items()]
+        return args
+
+    # ------------------------------------------------------------------ botocore wiring
+    def _token_loader(self) -> str:
+        token = self._tokens(self.target.audience)
+        with self._lock:
+            self._last_token = token
+        return token.token.reveal()
+
+    def _client_creator(self, botocore_session: Any) -> Callable[..., Any]:
+        from botocore.config import Config
+
+        retry = Config(retries={"mode": "standard", "max_attempts": 5},
+                       connect_timeout=10, read_timeout=20)
+
+        def create(service_name: str, **kwargs: Any) -> Any:
+            config = kwargs.pop("config", None)
+            merged = retry.merge(config) if config is not None else retry
+            kwargs.setdefault("region_name", self.region)
+            if self.sts_endpoint_url:
+                kwargs.setdefault("endpoint_url", self.sts_endpoint_url)
+            return botocore_session.create_client(service_name, config=merged, **kwargs)
+
+        return create
+
+    def _fetch_metadata(self, fetcher: Any) -> dict[str, Any]:
+        try:
+            metadata: dict[str, Any] = fetcher.fetch_credentials()
+        except Exception as exc:
+            with self._lock:
+                token = self._last_token
+            error = translate_sts_error(exc, role_arn=self.target.role_arn, token=token)
+            self._audit.emit(AuditEvent.for_failure(
+                error, source=self._source_name, target="aws", context=self.context.as_dict(),
+                principal=self.target.role_arn, session_name=self.session_name))
+            if error is exc:
+                raise
+            raise error from None
+        with self._lock:
+            token = self._last_token
+        if token is not None:
+            self._audit.emit(AuditEvent.for_token(
+                "exchange", token, source=self._source_name, target="aws",
+                context=self.context.as_dict(), principal=self.target.role_arn,
+                session_name=self.session_name))
+        return metadata
+
+    def credentials(self) -> Any:
+        """A botocore ``DeferredRefreshableCredentials`` (no STS call until first use)."""
+        import botocore.session
+        from botocore.credentials import AssumeRoleWithWebIdentityCredentialFetcher
+
+        fetcher = AssumeRoleWithWebIdentityCredentialFetcher(
+            client_creator=self._client_creator(botocore.session.Session()),
+            web_identity_token_loader=self._token_loader,
+            role_arn=self.target.role_arn,
+            extra_args=self.assume_role_arguments(),
+            cache=_NoCache(),
+        )
+        return _credentials_class()(
+            refresh_using=lambda: self._fetch_metadata(fetcher), method=self.METHOD,
+            policy=self._policy, rng=self._rng)
+
+    def botocore_session(self) -> Any:
+        """A botocore session whose credential chain starts with keyless (and never falls
+        through: the keyless provider always answers)."""
+        import botocore.session
+        from botocore.credentials import CredentialProvider
+
+        session = botocore.session.Session()
+        exchange = self
+
+        class KeylessCredentialProvider(CredentialProvider):
+            METHOD = AwsExchange.METHOD
+            CANONICAL_NAME = "custom-keyless"
+
+            def load(self) -> Any:
+                return exchange.credentials()
+
+        resolver = session.get_component("credential_provider")
+        resolver.insert_before(resolver.providers[0].METHOD, KeylessCredentialProvider())
+        session.set_config_variable("region", self.region)
+        return session
+
+    def boto3_session(self) -> boto3.Session:
+        """A ``boto3.Session`` on keyless credentials (one refreshable credential set)."""
+        try:
+            import boto3
+        except ImportError:  # pragma: no cover - depends on extras
+            raise KeylessError("aws: boto3 is not installed; fix: pip install 'keyless[aws]'") \
+                from None
+        return boto3.Session(botocore_session=self.botocore_session(), region_name=self.region)

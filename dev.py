@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""The two commands of the README, on a fresh machine with Python >= 3.11, git and node/npm.
+
+    python3 dev.py demo    run `keyless demo` (embedded default, no cloud account)
+    python3 dev.py test    build the test environments and run the whole suite
+
+Environments live in .envs/ (one per host: Airflow 3.3 and Prefect 3.9 cannot share one).
+They are built with uv (bootstrapped with pip, which honours this machine's pip config);
+PIP_FIND_LINKS is passed on to uv as UV_FIND_LINKS. Bytecode is compiled at install time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+ENVS = ROOT / ".envs"
+IDP_DIR = ROOT / "tests" / "support" / "idp"
+
+# name -> (requirements file, test paths run in that environment)
+ENVIRONMENTS: dict[str, tuple[str, list[str]]] = {
+    "core": ("tests/requirements/core.txt", ["tests/core", "tests/support", "tests/e2e"]),
+}
+
+
+def log(message: str) -> None:
+    print(f"[dev] {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs: object) -> None:
+    subprocess.run(cmd, check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def bin_path(env: Path, name: str) -> Path:
+    return env / "bin" / name
+
+
+def uv() -> Path:
+    """A uv binary in .envs/tools, installed with this machine's pip (and its config)."""
+    tools = ENVS / "tools"
+    exe = bin_path(tools, "uv")
+    if not exe.exists():
+        log("bootstrapping uv into .envs/tools")
+        venv.EnvBuilder(with_pip=True, clear=True).create(tools)
+        run([str(bin_path(tools, "python")), "-m", "pip", "install", "--quiet", "uv>=0.4"])
+    return exe
+
+
+def uv_environ() -> dict[str, str]:
+    env = dict(os.environ)
+    if env.get("PIP_FIND_LINKS") and not env.get("UV_FIND_LINKS"):
+        env["UV_FIND_LINKS"] = env["PIP_FIND_LINKS"]
+    env["UV_COMPILE_BYTECODE"] = "1"
+    env.setdefault("UV_LINK_MODE", "copy")
+    return env
+
+
+def stamp_of(*files: Path) -> str:
+    digest = hashlib.sha256(sys.version.encode())
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_env(name: str) -> Path:
+    """Create or update .envs/NAME from its requirements file (skipped when unchanged)."""
+    requirements = ROOT / ENVIRONMENTS[name][0]
+    env_dir = ENVS / name
+    stamp_file = env_dir / ".keyless-stamp"
+    inputs = [requirements, *sorted(ROOT.glob("*/pyproject.toml"))]
+    stamp = stamp_of(*inputs)
+    if stamp_file.exists() and stamp_file.read_text() == stamp:
+        return env_dir
+    log(f"building environment .envs/{name}")
+    uv_bin = str(uv())
+    environ = uv_environ()
+    if not bin_path(env_dir, "python").exists():
+        run([uv_bin, "venv", "--quiet", "--python", sys.executable, str(env_dir)], env=environ)
+    environ["VIRTUAL_ENV"] = str(env_dir)
+    run([uv_bin, "pip", "install", "--quiet", "-r", str(requirements)], cwd=ROOT, env=environ)
+    stamp_file.write_text(stamp)
+    return env_dir
+
+
+def ensure_idp() -> None:
+    """npm ci for the reference OIDC provider the tests run (oidc-provider)."""
+    lock = IDP_DIR / "package-lock.json"
+    if not lock.exists():
+        return
+    stamp_file = IDP_DIR / "node_modules" / ".keyless-stamp"
+    stamp = stamp_of(lock)
+    if stamp_file.exists() and stamp_file.read_text() == stamp:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        sys.exit("[dev] npm is needed for the reference OIDC provider: install node/npm")
+    log("installing the reference OIDC provider (npm ci)")
+    run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=IDP_DIR)
+    stamp_file.write_text(stamp)
+
+
+def lint(env: Path) -> bool:
+    ok = True
+    log("ruff check")
+    ok &= subprocess.run([str(bin_path(env, "ruff")), "check", "--quiet", "core", "tests",
+                          "dev.py"], cwd=ROOT).returncode == 0
+    log("mypy --strict (keyless)")
+    ok &= subprocess.run([str(bin_path(env, "mypy")), "--cache-dir",
+                          str(ENVS / ".mypy_cache")], cwd=ROOT).returncode == 0
+    return ok
+
+
+def pytest(env: Path, name: str, paths: list[str]) -> tuple[int, dict[str, int]]:
+    report = ENVS / f"junit-{name}.xml"
+    existing = [p for p in paths if (ROOT / p).exists()]
+    log(f"pytest in .envs/{name}: {' '.join(existing)}")
+    code = subprocess.run([str(bin_path(env, "python")), "-m", "pytest", *existing,
+                           f"--junitxml={report}"], cwd=ROOT).returncode
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    if report.exists():
+        root = ET.parse(report).getroot()  # noqa: S314 - our own report
+        for suite in root.iter("testsuite"):
+            tests = int(suite.get("tests", 0))
+            failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+            skipped = int(suite.get("skipped", 0))
+            counts["failed"] += failed
+            counts["skipped"] += skipped
+            counts["passed"] += tests - failed - skipped
+    return code, counts
+
+
+def cmd_test() -> int:
+    ensure_idp()
+    envs = {name: ensure_env(name) for name in ENVIRONMENTS}
+    lint_ok = lint(envs["core"])
+    totals = {"passed": 0, "failed": 0, "skipped": 0}
+    worst = 0
+    for name, (_req, paths) in ENVIRONMENTS.items():
+        code, counts = pytest(envs[name], name, paths)
+        worst = max(worst, code)
+        for key, value in counts.items():
+            totals[key] += value
+    if not lint_ok:
+        log("lint failed (ruff or mypy): see above")
+        worst = max(worst, 1)
+    print(f"total: {totals['passed']} passed, {totals['failed']} failed, "
+          f"{totals['skipped']} skipped", flush=True)
+    return worst
+
+
+def cmd_demo() -> int:
+    env = ensure_env("core")
+    return subprocess.run([str(bin_path(env, "keyless")), "demo"], cwd=ROOT).returncode
+
+
+def main() -> int:
+    commands = {"test": cmd_test, "demo": cmd_demo}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return commands[sys.argv[1]]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Small helpers for unit tests: unsigned-looking test JWTs with chosen claims."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+
+
+def make_jwt(exp_in: float = 600.0, *, now: float | None = None, **claims: Any) -> str:
+    """An HS256 JWT (the key is irrelevant: keyless only reads claims) expiring in exp_in s."""
+    issued = time.time() if now is None else now
+    payload: dict[str, Any] = {"iss": "https://issuer.test", "sub": "worker", "aud": "test",
+                               "iat": int(issued), "exp": int(issued + exp_in)}
+    payload.update(claims)
+    return jwt.encode(payload, "k" * 32, algorithm="HS256")

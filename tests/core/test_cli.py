@@ -1,0 +1,118 @@
+"""The `keyless` CLI: schema, token, env, exec (in-process main() and a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keyless.cli import main
+from tests.core.helpers import make_jwt
+
+ROLE = "arn:aws:iam::123456789012:role/trainer"
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> tuple[Path, str]:
+    raw = make_jwt(aud="sts.amazonaws.com", sub="system:serviceaccount:ml:trainer")
+    token_file = tmp_path / "token"
+    token_file.write_text(raw)
+    config = tmp_path / "spec.yaml"
+    config.write_text(f"""
+source:
+  type: file
+  path: {token_file}
+target:
+  aws:
+    role_arn: {ROLE}
+    region: us-east-1
+    session_name: "job-{{job_id}}-rank-{{rank}}"
+""")
+    return config, raw
+
+
+def test_schema_is_the_config_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"source", "target", "refresh", "audit", "allow_insecure_http"} <= set(
+        schema["properties"])
+
+
+def test_token_prints_claims_and_the_jwt_only_with_raw(
+        spec: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    config, raw = spec
+    assert main(["-q", "token", "--config", str(config)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["sub"] == "system:serviceaccount:ml:trainer"
+    assert raw not in out.out + out.err
+    assert main(["-q", "token", "--config", str(config), "--raw"]) == 0
+    assert capsys.readouterr().out.strip() == raw
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("source: {type: file, path: /x}\ntarget: {aws: {role_arn: nope}}\n")
+    assert main(["token", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "target.aws.role_arn" in err and "arn:aws:iam::" in err
+
+
+def test_missing_token_file_exits_1_with_the_path(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "spec.json"
+    missing = tmp_path / "nowhere"
+    config.write_text(json.dumps({"source": {"type": "file", "path": str(missing)},
+                                  "target": {"aws": {"role_arn": ROLE}}}))
+    assert main(["-q", "token", "--config", str(config)]) == 1
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_env_prints_paths_not_tokens(spec: tuple[Path, str], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    config, raw = spec
+    token_dir = tmp_path / "tokens"
+    assert main(["-q", "env", "--config", str(config), "--format", "json",
+                 "--token-dir", str(token_dir)]) == 0
+    env = json.loads(capsys.readouterr().out)
+    assert raw not in json.dumps(env)
+    assert Path(env["AWS_WEB_IDENTITY_TOKEN_FILE"]).read_text() == raw
+    assert env["AWS_ROLE_SESSION_NAME"] == "job-rank"
+
+
+def test_exec_runs_the_command_with_sdk_env_and_returns_its_status(
+        spec: tuple[Path, str], tmp_path: Path) -> None:
+    config, raw = spec
+    child = ("import json, os, stat, sys; p = os.environ['AWS_WEB_IDENTITY_TOKEN_FILE'];"
+             "print(json.dumps({'env': dict(os.environ), 'mode': stat.S_IMODE(os.stat(p).st_mode),"
+             " 'dir': stat.S_IMODE(os.stat(os.path.dirname(p)).st_mode),"
+             " 'token': open(p).read()})); sys.exit(7)")
+    environ = dict(os.environ, AWS_ACCESS_KEY_ID="AKIASTATIC", AWS_SECRET_ACCESS_KEY="static",
+                   KEYLESS_JOB_ID="j1", RANK="2")
+    result = subprocess.run([sys.executable, "-m", "keyless", "-q", "exec", "--config",
+                             str(config), "--", sys.executable, "-c", child],
+                            capture_output=True, text=True, env=environ, timeout=120)
+    assert result.returncode == 7, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["token"] == raw
+    assert seen["mode"] == 0o600 and seen["dir"] == 0o700
+    env = seen["env"]
+    assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["AWS_ROLE_ARN"] == ROLE
+    assert env["AWS_ROLE_SESSION_NAME"] == "job-j1-rank-2"
+    assert all(raw not in value for value in env.values())
+    assert raw not in result.stderr
+    assert not Path(env["AWS_WEB_IDENTITY_TOKEN_FILE"]).exists()  # cleaned up after
+
+
+def test_exec_without_a_command_is_bad_usage(spec: tuple[Path, str]) -> None:
+    config, _ = spec
+    assert main(["-q", "exec", "--config", str(config)]) == 2
+
+
+def test_demo_answers() -> None:
+    assert main(["demo"]) == 0

@@ -1,0 +1,106 @@
+"""Token files and SDK variables for unmodified code (core/src/keyless/delivery.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from keyless import ConfigError, Keyless
+from keyless.delivery import TokenDirectory, TokenFileKeeper, sdk_environment, worker_environment
+from tests.core.helpers import make_jwt
+
+ROLE = "arn:aws:iam::123456789012:role/trainer"
+
+
+def file_config(token_file: Path, **aws: object) -> dict[str, object]:
+    return {"source": {"type": "file", "path": str(token_file)},
+            "target": {"aws": {"role_arn": ROLE, "region": "eu-west-1", **aws}}}
+
+
+def test_token_directory_is_private_and_writes_atomically(tmp_path: Path) -> None:
+    directory = TokenDirectory()
+    try:
+        assert stat.S_IMODE(directory.path.stat().st_mode) == 0o700
+        first = directory.write("sts.amazonaws.com", "token-one")
+        assert stat.S_IMODE(first.stat().st_mode) == 0o600
+        inode = first.stat().st_ino
+        second = directory.write("sts.amazonaws.com", "token-two")
+        assert second == first
+        assert second.read_text() == "token-two"
+        assert second.stat().st_ino != inode  # replaced by rename, never rewritten in place
+        assert [p.name for p in directory.path.iterdir()] == [first.name]  # no temp left over
+        assert directory.file_for("a/b") != directory.file_for("a_b")
+    finally:
+        directory.cleanup()
+    assert not directory.path.exists()
+
+
+def test_token_directory_refuses_a_shared_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    with pytest.raises(ConfigError) as info:
+        TokenDirectory(shared)
+    assert info.value.field == "delivery.token_dir"
+    assert "chmod 700" in str(info.value)
+
+
+def test_readers_never_see_a_partial_file() -> None:
+    directory = TokenDirectory()
+    tokens = ["a" * 4000, "b" * 4000]
+    path = directory.write("aud", tokens[0])
+    stop = threading.Event()
+    seen: set[str] = set()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.add(path.read_text())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(300):
+        directory.write("aud", tokens[i % 2])
+    stop.set()
+    reader.join()
+    directory.cleanup()
+    assert seen <= set(tokens)
+
+
+def test_sdk_environment_has_paths_and_ids_only(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    raw = make_jwt(aud="sts.amazonaws.com")
+    token_file.write_text(raw)
+    identity = Keyless(file_config(token_file, session_name="train-{rank}"),
+                       context=__import__("keyless").WorkerContext(rank="3"))
+    with worker_environment(identity) as env:
+        assert env["AWS_ROLE_ARN"] == ROLE
+        assert env["AWS_ROLE_SESSION_NAME"] == "train-3"
+        assert env["AWS_REGION"] == "eu-west-1"
+        path = Path(env["AWS_WEB_IDENTITY_TOKEN_FILE"])
+        assert path.read_text() == raw
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert all(raw not in value for value in env.values())
+    assert not path.exists()
+
+
+def test_keeper_rewrites_the_file_when_the_token_rotates(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(make_jwt(exp_in=600))
+    identity = Keyless(file_config(token_file))
+    directory = TokenDirectory()
+    keeper = TokenFileKeeper(identity, directory)
+    keeper.write_all()
+    env = sdk_environment(identity, keeper.files)
+    path = Path(env["AWS_WEB_IDENTITY_TOKEN_FILE"])
+    before = path.read_text()
+    rotated = make_jwt(exp_in=900, jti="second")
+    token_file.write_text(rotated)
+    identity.token_refresher(identity.resolve_audience("sts.amazonaws.com")).refresh_now()
+    keeper.write_all()
+    assert path.read_text() == rotated != before
+    assert keeper.rotations == 1
+    directory.cleanup()
