@@ -315,6 +315,7 @@ def test_no_race_conditions_under_load() -> None:
     inner = fetch.__call__
 
     def numbered() -> Fetched[Value]:
+        time.sleep(0)  # an upstream call does I/O: let the other threads run meanwhile
         fetched = inner()
         expiries[fetched.value.seq] = fetched.expires_at
         return fetched

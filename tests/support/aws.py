@@ -20,8 +20,10 @@ Typical use (the IdP is the test's own; this fixture does not depend on it)::
     assert aws_stack.front.expired_uses == []       # nobody used expired credentials
 
 S3 goes through the front by default (``s3_through_front=True``): it forwards to moto
-unchanged but refuses credentials it issued once they have expired, like AWS. Pass
-``s3_through_front=False`` to point ``AWS_ENDPOINT_URL_S3`` straight at moto.
+unchanged but refuses credentials it issued once they have expired, like AWS (moto 5.2 never
+checks ``Expiration``). Pass ``s3_through_front=False`` to point ``AWS_ENDPOINT_URL_S3`` straight
+at moto. Known moto limits with IAM enforced: presigned URLs crash it (HTTP 500, it needs an
+Authorization header); policy statements with ``Condition`` always deny.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+
 from keyless.clock import Clock
 from keyless.errors import KeylessError
 

@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
 import jwt
+
 from keyless.clock import Clock, SystemClock
 from keyless.errors import KeylessError
 

@@ -32,8 +32,8 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric import rsa
-from keyless.clock import FakeClock
 
+from keyless.clock import FakeClock
 from tests.support.aws import AwsStack
 
 AUD = "sts.amazonaws.com"

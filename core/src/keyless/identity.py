@@ -21,7 +21,7 @@ from .audit import AuditEvent, AuditLog
 from .clock import Clock, SystemClock
 from .config import KeylessConfig, load_config
 from .context import WorkerContext
-from .errors import ConfigError, SourceUnavailable
+from .errors import ConfigError, SourceUnavailable, TokenRejected
 from .refresher import Fetched, Refresher, RefreshPolicy
 from .sources import build_source
 from .sources.base import Source, default_http_client
@@ -167,7 +167,16 @@ class Keyless:
             raise SourceUnavailable(
                 f"source {self.config.source.type}: no token here; fix: configure "
                 "`source` explicitly (see `keyless schema`)")
-        return Fetched(value=token, expires_at=token.expires_at, issued_at=token.issued_at)
+        now = self.clock.time()
+        if token.expires_at <= now:
+            raise TokenRejected(
+                f"source {self.config.source.type}: the token expired {now - token.expires_at:.0f}"
+                f" s ago (exp={token.expires_at:.0f}, iss={token.issuer!r}, sub={token.subject!r}"
+                f"); fix: make the source rotate its token (or check this host's clock)",
+                claim="exp")
+        issued_at = token.issued_at if token.issued_at is not None and token.issued_at <= now \
+            else None
+        return Fetched(value=token, expires_at=token.expires_at, issued_at=issued_at)
 
     def _audit_issue(self, token: SubjectToken, first: bool) -> None:
         self.audit.emit(AuditEvent.for_token(

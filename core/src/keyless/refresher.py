@@ -278,14 +278,14 @@ class Refresher(Generic[T]):
         snap = self._snapshot
         if snap is not None and self._now() < snap.valid_until:
             lock = self._lock  # a local: a fork hook may swap self._lock meanwhile
-            if not lock.acquire(blocking=False):
+            if not lock.acquire(blocking=True):
                 return snap.value  # advisory: someone else is refreshing; serve the current one
             try:
                 outcome = self._refresh_locked(force=False)
             finally:
                 lock.release()
         else:
-            if True:  # mandatory: nothing valid, wait for whoever is refreshing
+            with self._lock:  # mandatory: nothing valid, wait for whoever is refreshing
                 outcome = self._refresh_locked(force=False)
         return self._deliver(outcome)
 

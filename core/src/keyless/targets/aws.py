@@ -137,6 +137,7 @@ class AwsExchange:
         self.session_name = sanitize_session_name(render_template(target.session_name, context))
         self._last_token: SubjectToken | None = None
         self._lock = threading.Lock()
+        self._credentials: Any = None
 
     # ------------------------------------------------------------------ request shape
     def assume_role_arguments(self) -> dict[str, Any]:
@@ -148,10 +149,14 @@ class AwsExchange:
             args["Policy"] = render_json_template(target.session_policy, self.context)
         if target.policy_arns:
             args["PolicyArns"] = [{"arn": arn} for arn in target.policy_arns]
-        if target.tags:
-            args["Tags"] = [{"Key": key, "Value": render_template(value, self.context)}
-                            for key, value in target.tags.items()]
         return args
+
+    def session_tags(self) -> dict[str, str]:
+        """The rendered ``tags``. AssumeRoleWithWebIdentity takes no Tags parameter (AWS reads
+        session tags from the token's ``https://aws.amazon.com/tags`` claim), so these are
+        recorded in the audit trail, not sent to STS."""
+        return {key: render_template(value, self.context)
+                for key, value in self.target.tags.items()}
 
     # ------------------------------------------------------------------ botocore wiring
     def _token_loader(self) -> str:
@@ -199,7 +204,15 @@ class AwsExchange:
         return metadata
 
     def credentials(self) -> Any:
-        """A botocore ``DeferredRefreshableCredentials`` (no STS call until first use)."""
+        """This worker's one botocore ``DeferredRefreshableCredentials`` (no STS call until
+        first use). Every session built here shares it: one cache, one STS call per refresh
+        whatever the number of sessions and threads."""
+        with self._lock:
+            if self._credentials is None:
+                self._credentials = self._new_credentials()
+            return self._credentials
+
+    def _new_credentials(self) -> Any:
         import botocore.session
         from botocore.credentials import AssumeRoleWithWebIdentityCredentialFetcher
 
