@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+
 from keyless.audit import (
     AuditEvent,
     AuditLog,

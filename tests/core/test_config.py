@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from keyless.config import (
     AwsTarget,
     ClientCredentialsSource,

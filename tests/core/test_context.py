@@ -8,6 +8,7 @@ import re
 import socket
 
 import pytest
+
 from keyless.context import (
     TEMPLATE_FIELDS,
     WorkerContext,

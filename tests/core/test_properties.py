@@ -12,6 +12,7 @@ from typing import Any
 import hypothesis.strategies as st
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
+
 from keyless.config import KeylessConfig, load_config
 from keyless.context import (
     TEMPLATE_FIELDS,

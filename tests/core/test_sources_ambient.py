@@ -9,8 +9,9 @@ from urllib.parse import parse_qs
 
 import httpx
 import jwt
-import keyless.sources as sources_pkg
 import pytest
+
+import keyless.sources as sources_pkg
 from keyless.config import (
     AmbientSource,
     ClientCredentialsSource,

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import jwt
 import pytest
+
 from keyless.config import GcpMetadataSource, GithubActionsSource
 from keyless.errors import SourceMisconfigured, SourceUnavailable
 from keyless.sources import GcpMetadataTokenSource, GithubActionsTokenSource

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+
 from keyless.config import CommandSource, EnvSource, FileSource, GitlabSource
 from keyless.errors import KeylessError, SourceMisconfigured, SourceUnavailable
 from keyless.sources import (

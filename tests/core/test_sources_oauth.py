@@ -14,6 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
 from keyless.clock import FakeClock
 from keyless.config import ClientCredentialsSource, TokenExchangeSource
 from keyless.errors import SourceMisconfigured, SourceUnavailable

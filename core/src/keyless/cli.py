@@ -54,14 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(quiet: bool) -> None:
+def _configure_logging(quiet: bool) -> logging.Handler:
+    """Print keyless warnings (and, unless quiet, audit events) on stderr; returns the
+    handler so that :func:`main` can remove it again."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("keyless")
     root.addHandler(handler)
-    root.setLevel(logging.WARNING)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
     audit = logging.getLogger("keyless.audit")
     audit.setLevel(logging.WARNING if quiet else logging.INFO)
+    return handler
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -141,7 +145,7 @@ _COMMANDS = {"token": _cmd_token, "env": _cmd_env, "exec": _cmd_exec,
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = _parser().parse_args(argv)
-    _configure_logging(args.quiet)
+    handler = _configure_logging(args.quiet)
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
@@ -150,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeylessError as exc:
         print(f"keyless: {exc}", file=sys.stderr)
         return 1
+    finally:
+        logging.getLogger("keyless").removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,8 +22,9 @@ credentials) and calls ``fetch`` to renew it. Modelled on botocore's
   serves the value, calls ``on_error(exc, True)`` and waits
   ``U(0, min(max_backoff, initial * 2**failures))`` before the next upstream call, where
   ``failures`` counts the consecutive failures before this one (the first waits up to
-  ``initial``) and the wait never runs past the end of validity (one last try there). With nothing valid left, callers get the last error again until that
-  time, then one new attempt. Only :class:`~keyless.errors.KeylessError` is raised: anything
+  ``initial``) and the wait never runs past the end of validity (one last try there).
+  With nothing valid left, callers get the last error again until that time, then one new
+  attempt. Only :class:`~keyless.errors.KeylessError` is raised: anything
   else from ``fetch`` becomes ``ExchangeFailed("<name>: refresh failed: <TypeName>",
   retryable=True)`` chained ``from`` the original, whose message is never copied (it might
   carry a secret).
@@ -32,8 +33,12 @@ credentials) and calls ``fetch`` to renew it. Modelled on botocore's
   reseeded one; the cached value is kept: it is still valid in the child.
 - **Picklable.** Pickling keeps ``fetch``, ``name``, ``policy``, the callbacks, and an injected
   clock or rng; those must be picklable themselves (module-level functions, callable objects,
-  not lambdas or closures). The lock, the cached value and the backoff state are dropped and
-  rebuilt in the new process: the first ``get()`` there fetches.
+  not lambdas or closures; ``keyless.clock.FakeClock`` holds a lock and is not). The lock, the
+  cached value and the backoff state are dropped and rebuilt in the new process: the first
+  ``get()`` there fetches.
+
+``fetch`` runs with the refresh lock held: it must not call back into its own refresher
+(another refresher is fine: an exchange's fetch calls its source's ``get()``).
 
 Callbacks are for audit: ``on_refresh(value, first)`` after each new value, ``on_error(error,
 still_serving_stale)`` after each failed upstream attempt. They run after the refresh lock is
@@ -231,7 +236,9 @@ class Refresher(Generic[T]):
         return None if snap is None else snap.value
 
     def invalidate(self) -> None:
-        """Forget the cached value; the next ``get()`` fetches (backoff still applies)."""
+        """Forget the cached value; the next ``get()`` fetches (backoff still applies).
+
+        Waits for a refresh in flight, so that its value is forgotten too."""
         with self._lock:
             self._snapshot = None
 
@@ -278,7 +285,7 @@ class Refresher(Generic[T]):
         snap = self._snapshot
         if snap is not None and self._now() < snap.valid_until:
             lock = self._lock  # a local: a fork hook may swap self._lock meanwhile
-            if not lock.acquire(blocking=True):
+            if not lock.acquire(blocking=False):
                 return snap.value  # advisory: someone else is refreshing; serve the current one
             try:
                 outcome = self._refresh_locked(force=False)
