@@ -8,6 +8,7 @@ with the component and carries the fix; a token is printed only by ``token --raw
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -21,7 +22,11 @@ from .config import config_json_schema
 from .errors import ConfigError, KeylessError
 from .identity import Keyless
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "main"]
+
+#: Modules that add a subcommand: each has ``register(subparsers)``, which adds its parser and
+#: sets ``handler=<callable(args) -> int>`` with ``parser.set_defaults``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the config's JSON schema")
     sub.add_parser("demo", help="the whole federation on this machine, no cloud account")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
@@ -145,9 +152,10 @@ _COMMANDS = {"token": _cmd_token, "env": _cmd_env, "exec": _cmd_exec,
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = _parser().parse_args(argv)
-    handler = _configure_logging(args.quiet)
+    log_handler = _configure_logging(args.quiet)
     try:
-        return _COMMANDS[args.command](args)
+        command = getattr(args, "handler", None) or _COMMANDS[args.command]
+        return int(command(args))
     except ConfigError as exc:
         print(f"keyless: {exc}", file=sys.stderr)
         return 2
@@ -155,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keyless: {exc}", file=sys.stderr)
         return 1
     finally:
-        logging.getLogger("keyless").removeHandler(handler)
+        logging.getLogger("keyless").removeHandler(log_handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

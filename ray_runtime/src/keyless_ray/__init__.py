@@ -1,0 +1,3 @@
+"""keyless_ray: keyless for its host. Its host plugin lands in its own issue."""
+
+__all__: list[str] = []
