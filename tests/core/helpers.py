@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import jwt
 
 
@@ -15,3 +17,19 @@ def make_jwt(exp_in: float = 600.0, *, now: float | None = None, **claims: Any) 
                                "iat": int(issued), "exp": int(issued + exp_in)}
     payload.update(claims)
     return jwt.encode(payload, "k" * 32, algorithm="HS256")
+
+
+class Recorder:
+    """An ``httpx.MockTransport`` handler that records every request and answers with
+    ``respond``; ``http()`` is the injected client factory sources take."""
+
+    def __init__(self, respond: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.respond = respond
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.respond(request)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(self))

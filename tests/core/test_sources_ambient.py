@@ -39,6 +39,7 @@ from keyless.sources import (
     TokenExchangeTokenSource,
     build_source,
 )
+from tests.core.helpers import Recorder
 
 KEY = "unit-test-hmac-key-0123456789abcdef"
 NOW = 1_700_000_000
@@ -53,17 +54,6 @@ def make_jwt(**claims: object) -> str:
     return jwt.encode(body, KEY, algorithm="HS256")
 
 
-class Recorder:
-    def __init__(self, respond: Callable[[httpx.Request], httpx.Response]) -> None:
-        self.respond = respond
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.respond(request)
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.MockTransport(self))
 
 
 def cloud(gcp_here: bool) -> Callable[[httpx.Request], httpx.Response]:

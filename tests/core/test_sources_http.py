@@ -12,6 +12,7 @@ import pytest
 from keyless.config import GcpMetadataSource, GithubActionsSource
 from keyless.errors import SourceMisconfigured, SourceUnavailable
 from keyless.sources import GcpMetadataTokenSource, GithubActionsTokenSource
+from tests.core.helpers import Recorder
 
 KEY = "unit-test-hmac-key-0123456789abcdef"
 NOW = 1_700_000_000
@@ -26,19 +27,6 @@ def make_jwt(**claims: object) -> str:
     return jwt.encode(body, KEY, algorithm="HS256")
 
 
-class Recorder:
-    """A MockTransport handler that records every request and answers with ``respond``."""
-
-    def __init__(self, respond: Handler) -> None:
-        self.respond = respond
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.respond(request)
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.MockTransport(self))
 
 
 def assert_clean(text: str, *secrets: str) -> None:

@@ -19,6 +19,7 @@ from keyless.clock import FakeClock
 from keyless.config import ClientCredentialsSource, TokenExchangeSource
 from keyless.errors import SourceMisconfigured, SourceUnavailable
 from keyless.sources import ClientCredentialsTokenSource, TokenExchangeTokenSource, build_source
+from tests.core.helpers import Recorder
 
 KEY = "unit-test-hmac-key-0123456789abcdef"
 NOW = 1_700_000_000
@@ -35,17 +36,6 @@ def make_jwt(**claims: object) -> str:
     return jwt.encode(body, KEY, algorithm="HS256")
 
 
-class Recorder:
-    def __init__(self, respond: Handler) -> None:
-        self.respond = respond
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.respond(request)
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.MockTransport(self))
 
 
 def form(request: httpx.Request) -> dict[str, str]:
