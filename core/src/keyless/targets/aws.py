@@ -74,8 +74,10 @@ def _credentials_class() -> type[Any]:
         advisory refresh instead of retrying on every access."""
 
         def __init__(self, refresh_using: Callable[[], dict[str, Any]], method: str,
-                     policy: RefreshPolicy, rng: random.Random) -> None:
-            super().__init__(refresh_using=self._refresh_and_scale, method=method)
+                     policy: RefreshPolicy, rng: random.Random,
+                     time_fetcher: Callable[[], Any] | None = None) -> None:
+            extra = {} if time_fetcher is None else {"time_fetcher": time_fetcher}
+            super().__init__(refresh_using=self._refresh_and_scale, method=method, **extra)
             self._fetch_metadata = refresh_using
             self._policy = policy
             self._rng = rng
@@ -92,8 +94,7 @@ def _credentials_class() -> type[Any]:
                 metadata = self._fetch_metadata()
             except Exception:
                 self._failures += 1
-                ceiling = min(self._policy.max_backoff_seconds,
-                              self._policy.initial_backoff_seconds * 2 ** self._failures)
+                ceiling = self._policy.backoff_cap(self._failures)
                 self._retry_at = self._now() + self._rng.uniform(0.0, ceiling)
                 raise
             self._failures = 0

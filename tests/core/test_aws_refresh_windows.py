@@ -1,0 +1,64 @@
+"""The AWS credentials' refresh windows follow the real session length (targets/aws.py)."""
+
+from __future__ import annotations
+
+import datetime
+import random
+from typing import Any
+
+import pytest
+
+from keyless.refresher import RefreshPolicy
+from keyless.targets.aws import _credentials_class
+
+
+class Sts:
+    """Stands in for the STS call only (botocore's refresh machinery is the thing tested)."""
+
+    def __init__(self, lifetime: float, now: list[float]) -> None:
+        self.lifetime = lifetime
+        self.now = now
+        self.calls = 0
+        self.fail = False
+
+    def __call__(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("sts down")
+        expiry = datetime.datetime.fromtimestamp(self.now[0] + self.lifetime, datetime.UTC)
+        return {"access_key": f"AKIA{self.calls:016d}", "secret_key": "s", "token": "t",
+                "expiry_time": expiry.isoformat()}
+
+
+def make(lifetime: float) -> tuple[Any, Sts, list[float]]:
+    now = [1_700_000_000.0]
+    sts = Sts(lifetime, now)
+    credentials = _credentials_class()(
+        refresh_using=sts, method="test", policy=RefreshPolicy(), rng=random.Random(7),
+        time_fetcher=lambda: datetime.datetime.fromtimestamp(now[0], datetime.UTC))
+    return credentials, sts, now
+
+
+@pytest.mark.parametrize("lifetime", [900.0, 3600.0, 20.0])
+def test_one_sts_call_per_half_lifetime_not_per_access(lifetime: float) -> None:
+    credentials, sts, now = make(lifetime)
+    steps = 200
+    for _ in range(steps):  # two lifetimes, accessed 100 times per lifetime
+        credentials.get_frozen_credentials()
+        now[0] += lifetime / 100
+    # at_fraction 0.5 ± 0.1 jitter: about one call per half lifetime, never one per access
+    assert 3 <= sts.calls <= 6, sts.calls
+
+
+def test_failed_advisory_refresh_backs_off_and_serves_current_credentials() -> None:
+    credentials, sts, now = make(900.0)
+    first = credentials.get_frozen_credentials().access_key
+    now[0] += 900 * 0.65  # inside the advisory window, outside the mandatory one
+    sts.fail = True
+    calls = sts.calls
+    for _ in range(100):
+        assert credentials.get_frozen_credentials().access_key == first
+    assert sts.calls - calls == 1  # one try, then backoff (no call per access)
+    sts.fail = False
+    now[0] += 61  # past the longest first backoff
+    assert credentials.get_frozen_credentials().access_key != first
