@@ -116,3 +116,11 @@ def test_exec_without_a_command_is_bad_usage(spec: tuple[Path, str]) -> None:
 
 def test_demo_answers() -> None:
     assert main(["demo"]) == 0
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert main(["-q", "token", "--config", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "cannot read" in err

@@ -41,6 +41,8 @@ __all__ = [
     "OAuth2Target",
     "RefreshSpec",
     "SourceSpec",
+    "SpiffeSource",
+    "AwsWebIdentityTokenSource",
     "TargetsSpec",
     "TokenExchangeSource",
     "config_json_schema",
@@ -194,10 +196,34 @@ class TokenExchangeSource(_Spec):
     requested_token_type: str = "urn:ietf:params:oauth:token-type:jwt"
 
 
+class SpiffeSource(_Spec):
+    """A JWT-SVID from the SPIFFE Workload API (SPIRE agent), via the optional `spiffe`
+    package."""
+
+    type: Literal["spiffe"] = "spiffe"
+    socket_path: str | None = Field(
+        default=None, description="Workload API socket, e.g. unix:///run/spire/agent.sock "
+                                  "(default: $SPIFFE_ENDPOINT_SOCKET).")
+    audience: str | None = None
+
+
+class AwsWebIdentityTokenSource(_Spec):
+    """A JWT signed by AWS STS GetWebIdentityToken for this host's ambient AWS identity."""
+
+    type: Literal["aws_web_identity_token"] = "aws_web_identity_token"
+    audience: str | None = None
+    signing_algorithm: Literal["RS256", "ES384"] = "RS256"
+    duration_seconds: int = Field(default=300, ge=60, le=3600)
+    region: str | None = None
+    sts_endpoint_url: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
 SourceSpec = Annotated[
     Union[
         FileSource, EnvSource, GithubActionsSource, GitlabSource, GcpMetadataSource,
         ClientCredentialsSource, TokenExchangeSource, CommandSource, AmbientSource,
+        SpiffeSource, AwsWebIdentityTokenSource,
     ],
     Field(discriminator="type"),
 ]
@@ -266,7 +292,24 @@ class GcpTarget(_Spec):
     token_url: str = "https://sts.googleapis.com/v1/token"
     impersonation_url: str | None = None
     subject_audience: str | None = Field(
-        default=None, description="aud requested for the subject token (default: audience).")
+        default=None, description="aud requested for the subject token (default: 'https:' + "
+                                  "audience, GCP's default allowed audience).")
+    project_id: str | None = Field(
+        default=None, description="Exported as GOOGLE_CLOUD_PROJECT to subprocesses.")
+
+    @property
+    def requested_audience(self) -> str:
+        """The subject token's aud: subject_audience, else 'https:' + audience (GCP's default
+        allowed audience is the provider's full resource name)."""
+        if self.subject_audience:
+            return self.subject_audience
+        return "https:" + self.audience if self.audience.startswith("//") else self.audience
+
+    @model_validator(mode="after")
+    def _check_access_boundary(self) -> GcpTarget:
+        if self.access_boundary is not None:
+            _check_template_at(self.access_boundary, "access_boundary", json_document=True)
+        return self
 
 
 class AzureTarget(_Spec):
@@ -301,6 +344,11 @@ class OAuth2Target(_Spec):
     audience: str | None = None
     resource: str | None = None
     scope: str | None = None
+    subject_audience: str | None = Field(
+        default=None, description="aud requested for the subject token "
+                                  "(default: audience, else token_url).")
+    subject_token_type: str = "urn:ietf:params:oauth:token-type:jwt"
+    requested_token_type: str | None = None
 
 
 class TargetsSpec(_Spec):
@@ -496,6 +544,8 @@ def load_config(value: KeylessConfig | Mapping[str, Any] | str | Path) -> Keyles
 def _looks_like_path(text: str) -> bool:
     if "\n" in text or text.lstrip().startswith(("{", "[")) or len(text) > 4096:
         return False
+    if text.strip().lower().endswith((".yaml", ".yml", ".json")):
+        return True  # a file name, even a missing one: reading it names the file
     try:
         return Path(text).is_file()
     except (OSError, ValueError):
