@@ -29,6 +29,11 @@ ENVIRONMENTS: dict[str, tuple[str, list[str]]] = {
     "core": ("tests/requirements/core.txt", ["tests/core", "tests/support", "tests/e2e"]),
 }
 
+# name -> requirements file, for environments that run a tool rather than tests (same stamps)
+TOOL_ENVIRONMENTS: dict[str, str] = {
+    "demo": "tests/requirements/demo.txt",
+}
+
 
 def log(message: str) -> None:
     print(f"[dev] {message}", flush=True)
@@ -71,7 +76,8 @@ def stamp_of(*files: Path) -> str:
 
 def ensure_env(name: str) -> Path:
     """Create or update .envs/NAME from its requirements file (skipped when unchanged)."""
-    requirements = ROOT / ENVIRONMENTS[name][0]
+    requirements = ROOT / (ENVIRONMENTS[name][0] if name in ENVIRONMENTS
+                           else TOOL_ENVIRONMENTS[name])
     env_dir = ENVS / name
     stamp_file = env_dir / ".keyless-stamp"
     inputs = [requirements, *sorted(ROOT.glob("*/pyproject.toml"))]
@@ -156,7 +162,9 @@ def cmd_test() -> int:
 
 
 def cmd_demo() -> int:
-    env = ensure_env("core")
+    """`keyless demo` from its own environment (.envs/demo: keyless[aws,demo] only, so the
+    demo proves that a plain install is enough)."""
+    env = ensure_env("demo")
     return subprocess.run([str(bin_path(env, "keyless")), "demo"], cwd=ROOT).returncode
 
 

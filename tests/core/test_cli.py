@@ -114,9 +114,6 @@ def test_exec_without_a_command_is_bad_usage(spec: tuple[Path, str]) -> None:
     assert main(["-q", "exec", "--config", str(config)]) == 2
 
 
-def test_demo_answers() -> None:
-    assert main(["demo"]) == 0
-
 
 def test_a_missing_config_file_is_named(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:

@@ -104,3 +104,16 @@ def test_keeper_rewrites_the_file_when_the_token_rotates(tmp_path: Path) -> None
     assert path.read_text() == rotated != before
     assert keeper.rotations == 1
     directory.cleanup()
+
+
+def test_shadowing_variables_follow_the_configured_targets(tmp_path: Path) -> None:
+    from keyless.delivery import shadowing_variables
+
+    token_file = tmp_path / "token"
+    aws_only = Keyless(file_config(token_file))
+    assert "AWS_SECRET_ACCESS_KEY" in shadowing_variables(aws_only)
+    assert "HF_TOKEN" not in shadowing_variables(aws_only)
+    both = Keyless({"source": {"type": "file", "path": str(token_file)},
+                    "target": {"aws": {"role_arn": ROLE},
+                               "huggingface": {"resource": "org/model"}}})
+    assert {"HF_TOKEN", "AWS_ACCESS_KEY_ID"} <= set(shadowing_variables(both))

@@ -26,7 +26,8 @@ __all__ = ["COMMAND_MODULES", "main"]
 
 #: Modules that add a subcommand: each has ``register(subparsers)``, which adds its parser and
 #: sets ``handler=<callable(args) -> int>`` with ``parser.set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("keyless.commands_serve", "keyless.cli_devissuer",
+                                    "keyless.cli_demo", "keyless.doctor")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,10 +53,11 @@ def _parser() -> argparse.ArgumentParser:
                                       "fresh until it exits")
     run.add_argument("--config", required=True, metavar="FILE")
     run.add_argument("--token-dir", default=None, metavar="DIR")
+    run.add_argument("--credential-endpoint", action="store_true",
+                     help="give CMD a loopback AWS credential endpoint instead of web identity")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
     sub.add_parser("schema", help="print the config's JSON schema")
-    sub.add_parser("demo", help="the whole federation on this machine, no cloud account")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
     return parser
@@ -104,7 +106,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_exec(args: argparse.Namespace) -> int:
-    from .delivery import STATIC_AWS_VARIABLES, worker_environment
+    from .delivery import ENDPOINT_SHADOWED_VARIABLES, shadowing_variables, worker_environment
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -114,8 +116,15 @@ def _cmd_exec(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     identity = Keyless(args.config)
-    with worker_environment(identity, args.token_dir) as extra:
-        child_env = {k: v for k, v in os.environ.items() if k not in STATIC_AWS_VARIABLES}
+    dropped = shadowing_variables(identity)
+    environment = worker_environment(identity, args.token_dir)
+    if args.credential_endpoint:
+        from .credential_server import credential_endpoint_environment
+
+        dropped += ENDPOINT_SHADOWED_VARIABLES
+        environment = credential_endpoint_environment(identity, args.token_dir)
+    with environment as extra:
+        child_env = {k: v for k, v in os.environ.items() if k not in dropped}
         child_env.update(extra)
         try:
             child = subprocess.Popen(argv, env=child_env)
@@ -139,14 +148,8 @@ def _cmd_schema(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(_args: argparse.Namespace) -> int:
-    print("keyless demo: the embedded demo (dev issuer + local STS/S3 + several workers) is "
-          "not there yet; `keyless schema`, `token`, `env` and `exec` work today.")
-    return 0
-
-
 _COMMANDS = {"token": _cmd_token, "env": _cmd_env, "exec": _cmd_exec,
-             "schema": _cmd_schema, "demo": _cmd_demo}
+             "schema": _cmd_schema}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,8 @@ from .errors import ConfigError, KeylessError
 from .identity import Keyless
 
 __all__ = ["TokenDirectory", "TokenFileKeeper", "sdk_environment", "worker_environment",
-           "STATIC_AWS_VARIABLES"]
+           "STATIC_AWS_VARIABLES", "ENDPOINT_SHADOWED_VARIABLES", "endpoint_environment",
+           "SHADOWING_VARIABLES", "shadowing_variables"]
 
 logger = logging.getLogger("keyless.delivery")
 
@@ -31,6 +32,25 @@ logger = logging.getLogger("keyless.delivery")
 #: in every AWS SDK's default chain.
 STATIC_AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                         "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
+#: Per target, the variables that would win over keyless's federated identity in the
+#: vendor SDK's default chain (static keys, secrets, tokens): removed from a child's environment.
+SHADOWING_VARIABLES: dict[str, tuple[str, ...]] = {
+    "aws": STATIC_AWS_VARIABLES,
+    "azure": ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+              "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_USERNAME", "AZURE_PASSWORD"),
+    "databricks": ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_PASSWORD",
+                   "DATABRICKS_CONFIG_PROFILE"),
+    "huggingface": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
+}
+
+
+def shadowing_variables(identity: Keyless) -> tuple[str, ...]:
+    """The variables to drop from a child's environment for the configured targets."""
+    target = identity.config.target
+    return tuple(name for kind, names in SHADOWING_VARIABLES.items()
+                 if getattr(target, kind) is not None for name in names)
 
 
 class TokenDirectory:
@@ -98,6 +118,49 @@ def sdk_environment(identity: Keyless, files: dict[str, Path]) -> dict[str, str]
         env["AWS_DEFAULT_REGION"] = exchange.region
         if exchange.sts_endpoint_url:
             env["AWS_ENDPOINT_URL_STS"] = exchange.sts_endpoint_url
+    gcp = identity.config.target.gcp
+    if gcp is not None:  # an external_account JSON (0600) next to the token file
+        gcp_file = files[identity.resolve_audience(gcp.requested_audience)]
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = str(
+            identity.gcp().write_external_account(gcp_file))
+        if gcp.project_id:
+            env["GOOGLE_CLOUD_PROJECT"] = gcp.project_id
+    # Azure, Databricks, Hugging Face: token-file paths and ids only (targets/azure.py, ...)
+    azure = identity.config.target.azure
+    if azure is not None:
+        from .targets.azure import azure_environment
+
+        env.update(azure_environment(
+            azure, str(files[identity.resolve_audience(azure.audience)])))
+    databricks = identity.config.target.databricks
+    if databricks is not None:
+        from .targets.databricks import databricks_audience, databricks_environment
+
+        env.update(databricks_environment(
+            databricks, str(files[identity.resolve_audience(databricks_audience(databricks))])))
+    from .targets.oauth2 import HF_FILE_KEY
+
+    if identity.config.target.huggingface is not None and HF_FILE_KEY in files:
+        env["HF_TOKEN_PATH"] = str(files[HF_FILE_KEY])  # never HF_TOKEN: no secret in env
+    return env
+
+
+#: Variables dropped from a child's environment when it gets the loopback credential endpoint:
+#: in every AWS SDK's default chain, env web identity comes before container credentials, and
+#: a relative container URI or an inline authorization token wins over the full URI / file.
+ENDPOINT_SHADOWED_VARIABLES = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+                               "AWS_ROLE_SESSION_NAME", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                               "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+
+
+def endpoint_environment(identity: Keyless, endpoint_env: dict[str, str]) -> dict[str, str]:
+    """The variables for a child using the loopback credential endpoint: the endpoint's own
+    (URL and token-file path, from ``CredentialServer.env()``) plus the region."""
+    env = dict(endpoint_env)
+    if identity.config.target.aws is not None:
+        region = identity.aws().region
+        env["AWS_REGION"] = region
+        env["AWS_DEFAULT_REGION"] = region
     return env
 
 
@@ -107,6 +170,22 @@ def delivery_audiences(identity: Keyless) -> list[str]:
     aws = identity.config.target.aws
     if aws is not None:
         audiences.append(identity.resolve_audience(aws.audience))
+    gcp = identity.config.target.gcp
+    if gcp is not None and identity.resolve_audience(gcp.requested_audience) not in audiences:
+        audiences.append(identity.resolve_audience(gcp.requested_audience))
+    azure = identity.config.target.azure
+    if azure is not None:
+        audiences.append(identity.resolve_audience(azure.audience))
+    databricks = identity.config.target.databricks
+    if databricks is not None:
+        from .targets.databricks import databricks_audience
+
+        audiences.append(identity.resolve_audience(databricks_audience(databricks)))
+    for name in ("huggingface", "oauth2"):  # their subject tokens (the exchange happens here)
+        if getattr(identity.config.target, name) is not None:
+            exchange = identity.huggingface() if name == "huggingface" else identity.oauth2()
+            audiences.append(identity.resolve_audience(exchange.subject_audience))
+    audiences = list(dict.fromkeys(audiences))  # one file per distinct audience
     if not audiences:
         audiences.append(identity.resolve_audience())
     return audiences
@@ -131,6 +210,9 @@ class TokenFileKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rotations = 0
+        from .targets.oauth2 import exchanged_token_files
+
+        self.exchanged = exchanged_token_files(identity)  # e.g. the HF token (HF_TOKEN_PATH)
 
     def write_all(self) -> None:
         """Fetch (through the refreshers) and write every audience's file if it changed."""
@@ -141,11 +223,14 @@ class TokenFileKeeper:
                 if audience in self._written:
                     self.rotations += 1
                 self._written[audience] = token.fingerprint
+        for writer in self.exchanged:
+            self.files[writer.key] = writer.write(self.directory)
 
     def _next_wake(self) -> float:
         now = self.identity.clock.time()
         due = [r.next_refresh_at() for r in (self.identity.token_refresher(a)
                                              for a in self.audiences)]
+        due += [writer.next_refresh_at() for writer in self.exchanged]
         times = [t for t in due if t is not None]
         if not times:
             return 1.0

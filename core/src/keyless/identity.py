@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     import boto3
 
     from .targets.aws import AwsExchange
+    from .targets.azure import AzureCredential
+    from .targets.databricks import DatabricksExchange
+    from .targets.gcp import GcpExchange
+    from .targets.oauth2 import TokenExchange
 
 __all__ = ["Keyless"]
 
@@ -63,6 +67,7 @@ class Keyless:
         self._source: Source | None = None
         self._refreshers: dict[str, Refresher[SubjectToken]] = {}
         self._aws: AwsExchange | None = None
+        self._exchanges: dict[str, Any] = {}  # azure / databricks / oauth2 / huggingface
         self._audit_log: AuditLog | None = self._audit
 
     def __getstate__(self) -> dict[str, Any]:
@@ -126,7 +131,7 @@ class Keyless:
         if target.aws is not None:
             return target.aws.audience
         if target.gcp is not None:
-            return target.gcp.subject_audience or target.gcp.audience
+            return target.gcp.requested_audience
         if target.azure is not None:
             return target.azure.audience
         for other in (target.databricks, target.huggingface, target.oauth2):
@@ -208,3 +213,103 @@ class Keyless:
     def boto3_session(self) -> boto3.Session:
         """A ``boto3.Session`` whose credentials refresh themselves for as long as it lives."""
         return self.aws().boto3_session()
+
+    # ------------------------------------------------------------------ Azure, Databricks, RFC 8693
+    def _target(self, name: str) -> Any:
+        target = getattr(self.config.target, name)
+        if target is None:
+            raise ConfigError(f"config: target.{name} is not configured; fix: add target.{name}"
+                              " (see `keyless schema`)", field=f"target.{name}")
+        return target
+
+    def _http_client(self) -> httpx.Client:
+        return (self._http or default_http_client)()
+
+    def azure_credential(self, **credential_kwargs: Any) -> AzureCredential:
+        """An azure-core ``TokenCredential`` for ``target.azure`` (one per process; the first
+        call's ``credential_kwargs`` go to azure-identity, e.g. ``connection_verify``)."""
+        from .targets.azure import AzureCredential
+
+        target = self._target("azure")
+        with self._lock:
+            credential = self._exchanges.get("azure")
+        if credential is None:  # built outside the lock: its properties take the lock
+            created = AzureCredential(
+                target, tokens=self.subject_token, clock=self.clock, policy=self.policy,
+                audit=self.audit, source_name=self.config.source.type,
+                context=self.context, rng=self._random(), **credential_kwargs)
+            with self._lock:
+                credential = self._exchanges.setdefault("azure", created)
+        return credential  # type: ignore[no-any-return]
+
+    def databricks(self) -> DatabricksExchange:
+        """The Databricks exchange for ``target.databricks`` (one per process)."""
+        from .targets.databricks import DatabricksExchange
+
+        target = self._target("databricks")
+        with self._lock:
+            exchange = self._exchanges.get("databricks")
+        if exchange is None:
+            created = DatabricksExchange(
+                target, tokens=self.subject_token, audit=self.audit,
+                source_name=self.config.source.type, context=self.context)
+            with self._lock:
+                exchange = self._exchanges.setdefault("databricks", created)
+        return exchange  # type: ignore[no-any-return]
+
+    def databricks_config(self, **kwargs: Any) -> Any:
+        """A ``databricks.sdk.core.Config`` on keyless credentials (``WorkspaceClient(config=
+        ...)``); ``kwargs`` are other Config fields."""
+        return self.databricks().config(**kwargs)
+
+    def _token_exchange(self, name: str) -> TokenExchange:
+        from .targets import oauth2
+
+        self._target(name)
+        build = oauth2.huggingface_exchange if name == "huggingface" else oauth2.oauth2_exchange
+        with self._lock:
+            exchange = self._exchanges.get(name)
+        if exchange is None:
+            created = build(self, self._http_client)
+            with self._lock:
+                exchange = self._exchanges.setdefault(name, created)
+        return exchange  # type: ignore[no-any-return]
+
+    def oauth2(self) -> TokenExchange:
+        """The generic RFC 8693 exchange for ``target.oauth2`` (cached, refreshed)."""
+        return self._token_exchange("oauth2")
+
+    def oauth2_token(self) -> str:
+        """The exchanged ``target.oauth2`` token. Hand it only to the service it is for."""
+        return self.oauth2().token()
+
+    def huggingface(self) -> TokenExchange:
+        """The Hugging Face exchange for ``target.huggingface`` (cached, refreshed)."""
+        return self._token_exchange("huggingface")
+
+    def huggingface_token(self) -> str:
+        """A fresh Hugging Face token for ``huggingface_hub`` (``HfApi(token=...)``)."""
+        return self.huggingface().token()
+
+    # ------------------------------------------------------------------ GCP
+    def gcp(self) -> GcpExchange:
+        """The GCP exchange for this worker (raises ConfigError without a target.gcp)."""
+        from .targets.gcp import GcpExchange
+
+        target = self.config.target.gcp
+        if target is None:
+            raise ConfigError("config: target.gcp is not configured; fix: add target.gcp "
+                              "with audience", field="target.gcp")
+        with self._lock:
+            exchange = self._exchanges.get("gcp")
+            if exchange is None:
+                exchange = self._exchanges["gcp"] = GcpExchange(
+                    target, tokens=self.subject_token, source_name=self.config.source.type,
+                    context=self.context, policy=self.policy, audit=self.audit,
+                    environ=self.environ, clock=self.clock, rng=self._random())
+            return exchange
+
+    def google_credentials(self) -> Any:
+        """This worker's ``google.auth.credentials.Credentials`` (one token, one refresh lock,
+        refreshed ahead of expiry for as long as it lives)."""
+        return self.gcp().credentials()

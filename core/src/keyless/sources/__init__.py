@@ -9,6 +9,7 @@ dependencies (``http``: a factory of ``httpx.Client``; ``environ``; ``clock``).
 from __future__ import annotations
 
 from .ambient import DEFAULT_TOKEN_PATHS, TOKEN_FILE_VARIABLES, AmbientTokenSource
+from .aws_web_identity import AwsWebIdentityTokenSourceImpl
 from .base import HttpClientFactory, Source, default_http_client
 from .ci import GithubActionsTokenSource, GitlabTokenSource
 from .client_credentials import ClientCredentialsTokenSource
@@ -17,12 +18,14 @@ from .env import EnvTokenSource
 from .factory import build_source
 from .file import FileTokenSource
 from .gcp_metadata import GcpMetadataTokenSource
+from .spiffe import SpiffeTokenSource
 from .token_exchange import TokenExchangeTokenSource
 
 __all__ = [
     "DEFAULT_TOKEN_PATHS",
     "TOKEN_FILE_VARIABLES",
     "AmbientTokenSource",
+    "AwsWebIdentityTokenSourceImpl",
     "ClientCredentialsTokenSource",
     "CommandTokenSource",
     "EnvTokenSource",
@@ -32,6 +35,7 @@ __all__ = [
     "GitlabTokenSource",
     "HttpClientFactory",
     "Source",
+    "SpiffeTokenSource",
     "TokenExchangeTokenSource",
     "build_source",
     "default_http_client",

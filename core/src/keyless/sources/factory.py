@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from ..clock import Clock
 from ..config import (
     AmbientSource,
+    AwsWebIdentityTokenSource,
     ClientCredentialsSource,
     CommandSource,
     EnvSource,
@@ -20,10 +21,12 @@ from ..config import (
     GithubActionsSource,
     GitlabSource,
     SourceSpec,
+    SpiffeSource,
     TokenExchangeSource,
 )
 from ..errors import ConfigError
 from .ambient import AmbientTokenSource
+from .aws_web_identity import AwsWebIdentityTokenSourceImpl
 from .base import HttpClientFactory, Source, default_http_client
 from .ci import GithubActionsTokenSource, GitlabTokenSource
 from .client_credentials import ClientCredentialsTokenSource
@@ -31,6 +34,7 @@ from .command import CommandTokenSource
 from .env import EnvTokenSource
 from .file import FileTokenSource
 from .gcp_metadata import GcpMetadataTokenSource
+from .spiffe import SpiffeTokenSource
 from .token_exchange import TokenExchangeTokenSource
 
 __all__ = ["build_source"]
@@ -59,4 +63,8 @@ def build_source(spec: SourceSpec, *, http: HttpClientFactory = default_http_cli
         return CommandTokenSource(spec, environ=environ)
     if isinstance(spec, AmbientSource):
         return AmbientTokenSource(spec, http=http, environ=environ)
+    if isinstance(spec, SpiffeSource):
+        return SpiffeTokenSource(spec)
+    if isinstance(spec, AwsWebIdentityTokenSource):
+        return AwsWebIdentityTokenSourceImpl(spec, environ=environ)
     raise ConfigError(f"source: unknown source type {type(spec).__name__!r}", field="source.type")

@@ -107,6 +107,14 @@ def _credentials_class() -> type[Any]:
             self._advisory_refresh_timeout = min(max(advisory, mandatory + 0.5), lifetime)
             return metadata
 
+        def frozen_with_expiry(self) -> tuple[Any, float]:
+            """One consistent pair: the frozen credentials (refreshed if due) and their expiry
+            in epoch seconds. botocore publishes both under its refresh lock, so reading them
+            under that lock never pairs keys with another refresh's expiry."""
+            self.get_frozen_credentials()
+            with self._refresh_lock:
+                return self._frozen_credentials, float(self._expiry_time.timestamp())
+
         def refresh_needed(self, refresh_in: float | None = None) -> bool:
             if self._frozen_credentials is not None and self._retry_at:
                 remaining = self._expiry_time.timestamp() - self._now()
@@ -227,6 +235,12 @@ class AwsExchange:
         return _credentials_class()(
             refresh_using=lambda: self._fetch_metadata(fetcher), method=self.METHOD,
             policy=self._policy, rng=self._rng)
+
+    def frozen_credentials(self) -> tuple[Any, float]:
+        """A consistent (botocore ``ReadOnlyCredentials``, expiry epoch seconds) pair, for
+        consumers that need the expiry too (the loopback credential endpoint)."""
+        pair: tuple[Any, float] = self.credentials().frozen_with_expiry()
+        return pair
 
     def botocore_session(self) -> Any:
         """A botocore session whose credential chain starts with keyless (and never falls

@@ -1,0 +1,324 @@
+"""A loopback AWS container-credentials endpoint for consumers that never refresh.
+
+Some consumers take static keys once and never refresh them (pyarrow ``S3FileSystem`` under
+Ray Data/Train checkpoints dies after hours). Every AWS SDK, pyarrow's C++ SDK included, can
+instead fetch credentials from ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` sending the contents of
+``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`` as the ``Authorization`` header, and fetches again
+when the ``Expiration`` it was given comes near. :class:`CredentialServer` answers there, on
+loopback only, with this worker's keyless credentials (botocore's refreshable web-identity
+credentials from :meth:`keyless.Keyless.aws`, which refresh themselves).
+
+Contract of ``GET /v1/credentials`` (:data:`CREDENTIALS_PATH`):
+
+* answered only for a loopback peer whose ``Authorization`` header equals the random token in
+  the 0600 token file (constant-time compare): a missing header gets 401, a wrong one 403;
+* 200 body ``{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}``, ``Expiration`` in
+  ISO 8601 UTC with a ``Z`` and whole seconds (rounded down);
+* 500 ``{"code", "message"}`` when keyless cannot produce credentials: the message is a
+  keyless error message (secret-free by contract) or just an exception type name.
+
+``Expiration`` is reported a safety margin **before** the real one: the AWS C++ SDK (pyarrow)
+fetches again only when less than 5 s remain before the ``Expiration`` it was given (or every
+5 minutes), and botocore's container provider refreshes 15/10 minutes before it. The margin is
+``min(5 minutes, 25 % of the remaining life)`` (:func:`served_expiration`), so a request
+signed just before the reported Expiration still has a quarter of the remaining life (or 5
+minutes) to reach AWS, and a clock that drifts a little between server and client is covered.
+The credentials behind it are refreshed by botocore at the refresher's fraction of their life,
+so by the time a client comes back less than 25 % is left and it gets a new set.
+
+No request header is ever logged; one ``issue`` audit event is emitted per credential set
+served (identified by the sha256 fingerprint of the access key id), not per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from .audit import AuditEvent
+from .delivery import TokenDirectory
+from .errors import ConfigError, KeylessError
+from .identity import Keyless
+from .secret import Secret, fingerprint
+
+__all__ = ["CREDENTIALS_PATH", "MAX_MARGIN_SECONDS", "MARGIN_FRACTION", "CredentialServer",
+           "CredentialSnapshot", "credential_endpoint_environment", "served_expiration"]
+
+logger = logging.getLogger("keyless.credential_server")
+
+#: The one path the endpoint answers on.
+CREDENTIALS_PATH = "/v1/credentials"
+#: The served Expiration is the real one minus min(MAX_MARGIN_SECONDS, MARGIN_FRACTION * life left).
+MAX_MARGIN_SECONDS = 300.0
+MARGIN_FRACTION = 0.25
+TOKEN_FILE_NAME = "aws-container-authorization-token"
+
+
+def served_expiration(expires_at: float, now: float) -> float:
+    """The ``Expiration`` to report for credentials really expiring at ``expires_at``: a margin
+    of ``min(MAX_MARGIN_SECONDS, MARGIN_FRACTION * (expires_at - now))`` before it, never
+    earlier than ``now``."""
+    remaining = max(expires_at - now, 0.0)
+    return max(expires_at - min(MAX_MARGIN_SECONDS, MARGIN_FRACTION * remaining), now)
+
+
+def _iso8601(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch)))
+
+
+@dataclass(frozen=True)
+class CredentialSnapshot:
+    """One consistent credential set and its real expiry (epoch seconds)."""
+
+    access_key: str
+    secret_key: Secret
+    token: Secret
+    expires_at: float
+
+    def __repr__(self) -> str:
+        return (f"CredentialSnapshot(access_key=sha256:{fingerprint(self.access_key)}, "
+                f"expires_at={self.expires_at:.0f})")
+
+
+def snapshot(credentials: Any) -> CredentialSnapshot:
+    """Read a consistent (keys, expiry) pair from botocore ``RefreshableCredentials``.
+
+    keyless's own credentials give the pair directly (``frozen_with_expiry``). For any other
+    botocore credentials, which expose no public expiry, ``_expiry_time`` is read before and after
+    ``get_frozen_credentials()`` (which may refresh) until both reads agree: the frozen set and
+    the expiry then belong to the same refresh.
+    """
+    if hasattr(credentials, "frozen_with_expiry"):  # keyless's own AWS credentials
+        frozen, expires_at = credentials.frozen_with_expiry()
+        return CredentialSnapshot(access_key=str(frozen.access_key),
+                                  secret_key=Secret(str(frozen.secret_key)),
+                                  token=Secret(str(frozen.token or "")), expires_at=expires_at)
+    for _ in range(5):
+        before = getattr(credentials, "_expiry_time", None)
+        frozen = credentials.get_frozen_credentials()
+        after = getattr(credentials, "_expiry_time", None)
+        if before == after and after is not None:
+            break
+    if after is None or frozen.access_key is None:
+        raise KeylessError("credential-server: the AWS credentials carry no expiry; fix: use "
+                           "keyless's own target.aws credentials")
+    return CredentialSnapshot(access_key=str(frozen.access_key),
+                              secret_key=Secret(str(frozen.secret_key)),
+                              token=Secret(str(frozen.token or "")),
+                              expires_at=float(after.timestamp()))
+
+
+class CredentialServer:
+    """The loopback endpoint serving ``identity``'s AWS credentials (see module docstring).
+
+    ``host`` must be a loopback address (``127.0.0.1``, ``::1`` or ``localhost``), else
+    :class:`ConfigError`. ``port=0`` picks a free port. The authorization token is written
+    0600 into ``token_dir`` on :meth:`start` and removed on :meth:`stop`. ``credentials``
+    (tests) replaces ``identity.aws().credentials()``: any botocore ``RefreshableCredentials``.
+    """
+
+    def __init__(self, identity: Keyless, *, host: str = "127.0.0.1", port: int = 0,
+                 token_dir: TokenDirectory, credentials: Any = None) -> None:
+        host = "127.0.0.1" if host == "localhost" else host
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(f"credential-server: bind address {host!r} is not loopback; fix: "
+                              "use 127.0.0.1 or ::1 (the endpoint serves credentials to "
+                              "local processes only)", field="host")
+        self.identity = identity
+        self.host = host
+        self.port = port
+        self.token_dir = token_dir
+        self._credentials = credentials
+        self._token = Secret(secrets.token_urlsafe(32))
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._last_served: str | None = None
+        self.token_file: Path = token_dir.path / TOKEN_FILE_NAME
+        self.served_sets = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> CredentialServer:
+        """Write the token file, bind, and serve in a daemon thread (once; idempotent)."""
+        if self._httpd is not None:
+            return self
+        self._write_token_file()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        server_class = type("LoopbackServer", (ThreadingHTTPServer,),
+                            {"address_family": family, "daemon_threads": True})
+        httpd = server_class((self.host, self.port), _handler_for(self))
+        self.port = int(httpd.server_address[1])
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, name="keyless-credentials",
+                                        kwargs={"poll_interval": 0.5}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and remove the token file; idempotent."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        with contextlib.suppress(OSError):
+            self.token_file.unlink()
+
+    def __enter__(self) -> CredentialServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _write_token_file(self) -> None:
+        fd, temp = tempfile.mkstemp(dir=self.token_dir.path, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                handle.write(self._token.reveal())
+            os.replace(temp, self.token_file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    # ------------------------------------------------------------------ what clients see
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{CREDENTIALS_PATH}"
+
+    def env(self) -> dict[str, str]:
+        """The two SDK variables (a URL and a path: never the token itself)."""
+        return {"AWS_CONTAINER_CREDENTIALS_FULL_URI": self.url,
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(self.token_file)}
+
+    def authorized(self, header: str | None) -> bool:
+        """Constant-time check of an ``Authorization`` header value."""
+        if header is None:
+            return False
+        return hmac.compare_digest(header.strip().encode(), self._token.reveal().encode())
+
+    def credentials_document(self) -> dict[str, str]:
+        """The container-credentials JSON for the current credential set (may refresh)."""
+        credentials = self._credentials
+        if credentials is None:
+            credentials = self.identity.aws().credentials()
+        snap = snapshot(credentials)
+        now = self.identity.clock.time()
+        self._note_served(snap)
+        return {"AccessKeyId": snap.access_key, "SecretAccessKey": snap.secret_key.reveal(),
+                "Token": snap.token.reveal(),
+                "Expiration": _iso8601(served_expiration(snap.expires_at, now))}
+
+    def _note_served(self, snap: CredentialSnapshot) -> None:
+        key_fingerprint = fingerprint(snap.access_key)
+        with self._lock:
+            if self._last_served == key_fingerprint:
+                return
+            self._last_served = key_fingerprint
+            self.served_sets += 1
+        aws = self.identity.config.target.aws
+        self.identity.audit.emit(AuditEvent(
+            kind="issue", source=self.identity.config.source.type, target="aws-endpoint",
+            outcome="ok", exp=snap.expires_at, token_sha256=key_fingerprint,
+            principal=aws.role_arn if aws is not None else None,
+            context=self.identity.context.as_dict()))
+
+
+def _handler_for(server: CredentialServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "keyless-credentials"
+        sys_version = ""
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None  # never log requests (the headers carry the token)
+
+        def _send(self, status: HTTPStatus, body: dict[str, str]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _refuse(self, status: HTTPStatus, code: str, message: str) -> None:
+            self._send(status, {"code": code, "message": f"credential-server: {message}"})
+
+        def do_GET(self) -> None:
+            peer = str(self.client_address[0])
+            try:
+                local_peer = ipaddress.ip_address(peer.split("%")[0]).is_loopback
+            except ValueError:
+                local_peer = False
+            if not local_peer:
+                self._refuse(HTTPStatus.FORBIDDEN, "Forbidden", "loopback clients only")
+                return
+            if self.path.split("?")[0] != CREDENTIALS_PATH:
+                self._refuse(HTTPStatus.NOT_FOUND, "NotFound", f"only {CREDENTIALS_PATH}")
+                return
+            header = self.headers.get("Authorization")
+            if header is None:
+                self._refuse(HTTPStatus.UNAUTHORIZED, "Unauthorized",
+                             "missing Authorization; fix: set "
+                             "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to the server's token file")
+                return
+            if not server.authorized(header):
+                self._refuse(HTTPStatus.FORBIDDEN, "Forbidden", "wrong authorization token")
+                return
+            try:
+                document = server.credentials_document()
+            except KeylessError as exc:
+                logger.warning("keyless: credential endpoint cannot serve: %s", exc.message)
+                self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, type(exc).__name__, exc.message)
+                return
+            except Exception as exc:  # botocore errors may carry anything: type name only
+                logger.warning("keyless: credential endpoint cannot serve: %s",
+                               type(exc).__name__)
+                self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalError",
+                             f"cannot produce credentials ({type(exc).__name__})")
+                return
+            self._send(HTTPStatus.OK, document)
+
+    return Handler
+
+
+@contextlib.contextmanager
+def credential_endpoint_environment(identity: Keyless, token_dir: str | None = None,
+                                    ) -> Iterator[dict[str, str]]:
+    """A running endpoint for the ``with`` body; yields the variables for a child process
+    (endpoint URL, token file path, region). Drop
+    :data:`keyless.delivery.ENDPOINT_SHADOWED_VARIABLES` from the child's environment too."""
+    from .delivery import endpoint_environment
+
+    directory = TokenDirectory(token_dir or identity.config.delivery.token_dir)
+    server = CredentialServer(identity, token_dir=directory)
+    try:
+        server.start()
+        server.credentials_document()  # a broken source or role fails before a child starts
+        yield endpoint_environment(identity, server.env())
+    finally:
+        server.stop()
+        directory.cleanup()

@@ -1,0 +1,359 @@
+"""``keyless doctor``: is this token (or this config) going to work, and if not, why?
+
+``keyless doctor --config F`` takes the token from the configured source and ends with a real
+(harmless) AWS exchange; ``keyless doctor --token-file T [--issuer URL] [--audience A]`` checks
+a token someone has. One line per check, ``ok`` / ``FAIL`` / ``warn`` / ``skip``, a fix on each
+failure; ``--json`` prints the same as one JSON object. Exit 0: no check failed (warnings
+allowed); 1: a check failed; 2: bad usage or an unreadable config. The token is never printed
+(only its sha256 fingerprint).
+
+Checks: token (present, a JWT), discovery (``{issuer}/.well-known/openid-configuration``
+answers), clock (skew of the local clock against the issuer's HTTP ``Date``), alg (not
+``none``, not HMAC, the JWKS key's ``alg`` or one the issuer advertises), signature (against
+the JWKS), iss (equals the discovery document's ``issuer``), aud (``--audience`` or the
+config's target audience), time (exp/nbf/iat against the local clock with leeway; a future
+``iat`` is reported as clock skew), lifetime (long enough to refresh ahead of expiry), exchange
+(``--config`` with ``target.aws``: AssumeRoleWithWebIdentity through
+``Keyless(config).aws().credentials()``).
+
+:func:`diagnose` is the library entry point; its ``clock`` and ``http`` are the test hooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .clock import Clock, SystemClock
+from .errors import ConfigError, KeylessError, TokenRejected
+from .identity import Keyless
+from .secret import fingerprint
+from .sources._common import safe_url
+from .verify import (
+    DEFAULT_ALGORITHMS,
+    JwksCache,
+    Verifier,
+    check_audience,
+    check_issuer,
+    check_required,
+    check_times,
+    discovery_url,
+    unverified_parts,
+)
+
+__all__ = ["REFRESH_MARGIN_SECONDS", "Check", "diagnose", "register", "target_audience"]
+
+#: Time a token must still have at exchange for a refresh ahead of expiry to be possible
+#: (mandatory refresh window + leeway); a lifetime under twice this is a warning.
+REFRESH_MARGIN_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One line of the report. ``status`` is ``ok``, ``FAIL``, ``warn`` or ``skip``."""
+
+    name: str
+    status: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:<4} {self.name:<9} {self.detail}"
+
+
+def target_audience(identity: Keyless) -> str | None:
+    """The ``aud`` the configured target's receiver expects."""
+    target = identity.config.target
+    if target.aws is not None:
+        return target.aws.audience
+    if target.gcp is not None:
+        return target.gcp.subject_audience or target.gcp.audience
+    for other in (target.azure, target.databricks, target.huggingface, target.oauth2):
+        audience = getattr(other, "audience", None) if other is not None else None
+        if isinstance(audience, str) and audience:
+            return audience
+    return identity.default_audience()
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        self.checks.append(Check(name, status, detail))
+
+    def skip(self, names: str, why: str) -> None:
+        for name in names.split():
+            self.add(name, "skip", why)
+
+
+def diagnose(token: str | None, *, token_origin: str, token_problem: str | None = None,
+             issuer: str | None = None, audience: str | None = None,
+             identity: Keyless | None = None, clock: Clock | None = None,
+             http: Callable[[], httpx.Client] | None = None, leeway_seconds: float = 60.0,
+             allow_insecure_http: bool = False) -> list[Check]:
+    """Run every check on ``token`` (None: ``token_problem`` says why there is none)."""
+    clock = clock or SystemClock()
+    report = _Report()
+    header: dict[str, Any] = {}
+    claims: dict[str, Any] = {}
+    if token is not None:
+        try:
+            header, claims = unverified_parts(token)
+        except TokenRejected as exc:
+            token_problem = exc.message
+    if token is None or token_problem is not None:
+        report.add("token", "FAIL", f"{token_origin}: {token_problem or 'no token'}")
+        report.skip("discovery clock alg signature iss aud time lifetime", "no token")
+        _exchange(report, identity)
+        return report.checks
+    report.add("token", "ok", f"{token_origin}: sha256:{fingerprint(token)} alg="
+               f"{header.get('alg')!r} kid={header.get('kid')!r} iss={claims.get('iss')!r} "
+               f"sub={claims.get('sub')!r} aud={claims.get('aud')!r}")
+
+    issuer = issuer or (claims.get("iss") if isinstance(claims.get("iss"), str) else None)
+    cache, document = _discovery(report, issuer, clock, http, allow_insecure_http)
+    skew = _clock_skew(report, cache, leeway_seconds)
+    _alg_and_signature(report, token, header, cache, document, issuer)
+    _iss(report, claims, document, issuer)
+    expected = audience or (target_audience(identity) if identity is not None else None)
+    if expected:
+        _run(report, "aud", lambda: check_audience(claims, [expected], "doctor"),
+             f"aud={claims.get('aud')!r} includes {expected!r}")
+    else:
+        report.add("aud", "skip", "no expected audience; fix: pass --audience")
+    _times(report, claims, clock.time(), leeway_seconds, skew)
+    _exchange(report, identity)
+    return report.checks
+
+
+def _run(report: _Report, name: str, check: Callable[[], None], ok: str) -> bool:
+    try:
+        check()
+    except TokenRejected as exc:
+        report.add(name, "FAIL", exc.message)
+        return False
+    report.add(name, "ok", ok)
+    return True
+
+
+def _discovery(report: _Report, issuer: str | None, clock: Clock,
+               http: Callable[[], httpx.Client] | None, allow_insecure_http: bool
+               ) -> tuple[JwksCache | None, dict[str, Any] | None]:
+    if not issuer:
+        report.add("discovery", "FAIL", "the token has no iss and no --issuer was given; fix: "
+                   "pass --issuer URL")
+        return None, None
+    cache = JwksCache(issuer, http=http or _doctor_client, clock=clock,
+                      allow_insecure_http=allow_insecure_http, component="doctor")
+    try:
+        document = cache.discovery()
+    except KeylessError as exc:
+        report.add("discovery", "FAIL", f"{safe_url(discovery_url(issuer))} does not answer: "
+                   f"{exc.message}; fix: check the issuer URL (the token's iss or --issuer) and "
+                   "that it is reachable; cloud STS services fetch it from the internet")
+        return cache, None
+    report.add("discovery", "ok", f"{safe_url(discovery_url(issuer))} answered (issuer="
+               f"{document.get('issuer')!r}, jwks_uri={document.get('jwks_uri')!r})")
+    return cache, document
+
+
+_clients: list[httpx.Client] = []
+
+
+def _doctor_client() -> httpx.Client:
+    """One short-timeout client for the CLI run (doctor should not hang for long)."""
+    if not _clients:
+        _clients.append(httpx.Client(timeout=httpx.Timeout(5.0), follow_redirects=False))
+    return _clients[0]
+
+
+def _clock_skew(report: _Report, cache: JwksCache | None, leeway: float) -> float | None:
+    if cache is None or cache.server_date is None or cache.local_time_at_date is None:
+        report.add("clock", "skip", "no Date header from the issuer to compare with")
+        return None
+    skew = cache.local_time_at_date - cache.server_date
+    where = "ahead of" if skew >= 0 else "behind"
+    text = f"the local clock is {abs(skew):.0f} s {where} the issuer's (HTTP Date header)"
+    if abs(skew) > leeway:
+        report.add("clock", "FAIL", f"{text}, more than the {leeway:.0f} s leeway; fix: sync "
+                   "this host's clock (NTP), or the issuer's")
+    else:
+        report.add("clock", "ok", text)
+    return skew
+
+
+def _alg_and_signature(report: _Report, token: str, header: dict[str, Any],
+                       cache: JwksCache | None, document: dict[str, Any] | None,
+                       issuer: str | None) -> None:
+    alg = header.get("alg")
+    kid = header.get("kid")
+    if not isinstance(alg, str) or alg.lower() == "none":
+        report.add("alg", "FAIL", "alg 'none': the token is unsigned and every receiver "
+                   "refuses it; fix: get a token signed by the issuer")
+        report.skip("signature", "alg none")
+        return
+    if alg not in DEFAULT_ALGORITHMS:
+        report.add("alg", "FAIL", f"alg {alg!r} is not an asymmetric signature algorithm; fix: "
+                   "federation needs a token signed with the issuer's public key (RS256/ES256)")
+        report.skip("signature", "alg refused")
+        return
+    keys = {}
+    keys_problem = ""
+    if cache is not None and document is not None:
+        try:
+            keys = cache.keys()
+        except KeylessError as exc:
+            keys_problem = exc.message
+    key = keys.get(kid) if isinstance(kid, str) else None
+    advertised = (document or {}).get("id_token_signing_alg_values_supported")
+    if key is not None and key.alg is not None:
+        status = "ok" if key.alg == alg else "FAIL"
+        report.add("alg", status, f"alg {alg!r}; the JWKS key {kid!r} declares {key.alg!r}"
+                   + ("" if status == "ok" else "; fix: sign with the key's algorithm"))
+    elif isinstance(advertised, list):
+        status = "ok" if alg in advertised else "FAIL"
+        report.add("alg", status, f"alg {alg!r}; the issuer advertises {advertised!r}"
+                   + ("" if status == "ok" else "; fix: sign with an advertised algorithm"))
+    else:
+        report.add("alg", "ok", f"alg {alg!r} (the issuer advertises no algorithms)")
+    if cache is None or document is None or not issuer:
+        report.skip("signature", "no discovery document")
+        return
+    if keys_problem:
+        report.add("signature", "FAIL", f"cannot fetch the JWKS: {keys_problem}")
+        return
+    verifier = Verifier(issuer, ["-"], algorithms=DEFAULT_ALGORITHMS, jwks=cache)
+    _run(report, "signature", lambda: _ignore(verifier.verify_signature(token)),
+         f"verified with the JWKS key kid={kid!r}")
+
+
+def _ignore(_value: object) -> None:
+    return None
+
+
+def _iss(report: _Report, claims: dict[str, Any], document: dict[str, Any] | None,
+         issuer: str | None) -> None:
+    expected = (document or {}).get("issuer") or issuer
+    if not isinstance(expected, str):
+        report.add("iss", "skip", "no issuer to compare with")
+        return
+    _run(report, "iss", lambda: check_issuer(claims, expected, "doctor"),
+         f"iss={claims.get('iss')!r} equals the discovery document's issuer")
+
+
+def _times(report: _Report, claims: dict[str, Any], now: float, leeway: float,
+           skew: float | None) -> None:
+    def check() -> None:
+        try:
+            check_times(claims, now, leeway, "doctor")
+        except TokenRejected as exc:
+            if exc.claim in ("iat", "nbf") and skew is not None:
+                head, sep, fix = exc.message.partition("; fix:")
+                raise TokenRejected(f"{head} (measured: the local clock is {skew:+.0f} s off "
+                                    f"the issuer's Date header){sep}{fix}",
+                                    claim=exc.claim) from None
+            raise
+        check_required(claims, ("exp", "iat", "sub"), "doctor")
+
+    exp, iat = _seconds(claims.get("exp")), _seconds(claims.get("iat"))
+    ok = _run(report, "time", check,
+              f"expires in {exp - now:.0f} s, issued {now - iat:.0f} s ago"
+              if exp is not None and iat is not None else "exp/nbf/iat valid")
+    if not ok or exp is None or iat is None:
+        report.skip("lifetime", "time check failed")
+        return
+    lifetime, remaining = exp - iat, exp - now
+    if lifetime < 2 * REFRESH_MARGIN_SECONDS or remaining < REFRESH_MARGIN_SECONDS:
+        report.add("lifetime", "warn", f"lifetime {lifetime:.0f} s, {remaining:.0f} s left: "
+                   f"under 2 x {REFRESH_MARGIN_SECONDS:.0f} s leaves no room to refresh ahead "
+                   "of expiry; fix: issue tokens that live at least 5 minutes")
+    else:
+        report.add("lifetime", "ok", f"lifetime {lifetime:.0f} s")
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _exchange(report: _Report, identity: Keyless | None) -> None:
+    if identity is None:
+        report.add("exchange", "skip", "dry-run exchange needs --config")
+        return
+    if identity.config.target.aws is None:
+        report.add("exchange", "skip", "dry-run exchange is implemented for target.aws only")
+        return
+    try:
+        exchange = identity.aws()
+        exchange.credentials().get_frozen_credentials()
+    except KeylessError as exc:
+        report.add("exchange", "FAIL", exc.message)
+        return
+    report.add("exchange", "ok", f"AssumeRoleWithWebIdentity as {exchange.target.role_arn} "
+               f"gave credentials (session name {exchange.session_name!r})")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def register(subparsers: Any) -> None:
+    """Add ``keyless doctor``."""
+    parser = subparsers.add_parser("doctor", help="check a token or a config end to end",
+                                   description=__doc__.split("\n\n")[1] if __doc__ else None)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", metavar="FILE", help="the keyless config to check")
+    where.add_argument("--token-file", metavar="T", help="a file holding the JWT to check")
+    parser.add_argument("--issuer", metavar="URL", help="expected issuer (default: the token's)")
+    parser.add_argument("--audience", metavar="A", help="expected aud (default: the target's)")
+    parser.add_argument("--leeway", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument("--allow-insecure-http", action="store_true",
+                        help="with --token-file: allow an http:// loopback issuer (tests)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    identity: Keyless | None = None
+    token: str | None = None
+    problem: str | None = None
+    if args.config is not None:
+        config_path = Path(args.config)
+        if not config_path.is_file():  # a ConfigError is exit 2 (cli.main)
+            raise ConfigError(f"doctor: cannot read the config file {args.config!r} (no such "
+                              "file); fix: pass the path of a YAML or JSON keyless config")
+        identity = Keyless(config_path)
+        origin = f"source {identity.config.source.type}"
+        allow_http = identity.config.allow_insecure_http
+        try:
+            token = identity.subject_token().token.reveal()
+        except KeylessError as exc:
+            problem = exc.message
+    else:
+        origin = f"file {args.token_file}"
+        allow_http = args.allow_insecure_http
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = f"cannot read it ({getattr(exc, 'strerror', None) or type(exc).__name__})"
+        if token == "":
+            token, problem = None, "the file is empty"
+    checks = diagnose(token, token_origin=origin, token_problem=problem, issuer=args.issuer,
+                      audience=args.audience, identity=identity, leeway_seconds=args.leeway,
+                      allow_insecure_http=allow_http)
+    failed = any(c.status == "FAIL" for c in checks)
+    if args.json:
+        print(json.dumps({"ok": not failed, "checks": [dataclasses.asdict(c) for c in checks]},
+                         indent=2))
+    else:
+        for check in checks:
+            print(check.line())
+        print("doctor: " + ("a check FAILED" if failed else "all checks passed"))
+    sys.stdout.flush()
+    return 1 if failed else 0
