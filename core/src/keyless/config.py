@@ -8,7 +8,6 @@ or raises :class:`~keyless.errors.ConfigError` naming the field path at fault an
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from .context import TEMPLATE_FIELDS, check_json_template, check_template
 from .errors import ConfigError
+from .loopback import is_loopback
 
 __all__ = [
     "AmbientSource",
@@ -438,15 +438,6 @@ def _urls(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]:
             yield path, value
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_url(path: str, url: str, allow_insecure_http: bool) -> None:
     try:
         parts = urlsplit(url if "://" in url else f"https://{url}")
@@ -457,9 +448,9 @@ def _check_url(path: str, url: str, allow_insecure_http: bool) -> None:
     if parts.scheme == "https" and host:
         return
     if parts.scheme == "http" and host:
-        if _is_loopback(host) and allow_insecure_http:
+        if is_loopback(host) and allow_insecure_http:
             return
-        if _is_loopback(host):
+        if is_loopback(host):
             raise _FieldProblem(path, f"{shown}: http:// is allowed only for loopback addresses "
                                 "and only with allow_insecure_http: true; fix: use https:// "
                                 "or set allow_insecure_http: true for a local test")

@@ -37,23 +37,22 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import secrets
-import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from .audit import AuditEvent
 from .delivery import TokenDirectory
-from .errors import ConfigError, KeylessError
+from .errors import KeylessError
+from .files import write_private_file
 from .identity import Keyless
+from .loopback import LoopbackHttpServer
 from .secret import Secret, fingerprint
 
 __all__ = ["CREDENTIALS_PATH", "MAX_MARGIN_SECONDS", "MARGIN_FRACTION", "CredentialServer",
@@ -134,23 +133,15 @@ class CredentialServer:
 
     def __init__(self, identity: Keyless, *, host: str = "127.0.0.1", port: int = 0,
                  token_dir: TokenDirectory, credentials: Any = None) -> None:
-        host = "127.0.0.1" if host == "localhost" else host
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ConfigError(f"credential-server: bind address {host!r} is not loopback; fix: "
-                              "use 127.0.0.1 or ::1 (the endpoint serves credentials to "
-                              "local processes only)", field="host")
         self.identity = identity
         self.host = host
         self.port = port
         self.token_dir = token_dir
         self._credentials = credentials
         self._token = Secret(secrets.token_urlsafe(32))
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackHttpServer(_handler_for(self), component="credential-server",
+                                        host=host, port=port)
+        self.host = self._http.host
         self._lock = threading.Lock()
         self._last_served: str | None = None
         self.token_file: Path = token_dir.path / TOKEN_FILE_NAME
@@ -159,29 +150,15 @@ class CredentialServer:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> CredentialServer:
         """Write the token file, bind, and serve in a daemon thread (once; idempotent)."""
-        if self._httpd is not None:
+        if self._http.running:
             return self
         self._write_token_file()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        server_class = type("LoopbackServer", (ThreadingHTTPServer,),
-                            {"address_family": family, "daemon_threads": True})
-        httpd = server_class((self.host, self.port), _handler_for(self))
-        self.port = int(httpd.server_address[1])
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="keyless-credentials",
-                                        kwargs={"poll_interval": 0.5}, daemon=True)
-        self._thread.start()
+        self.port = self._http.start().port
         return self
 
     def stop(self) -> None:
         """Stop serving and remove the token file; idempotent."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._http.stop()
         with contextlib.suppress(OSError):
             self.token_file.unlink()
 
@@ -192,22 +169,12 @@ class CredentialServer:
         self.stop()
 
     def _write_token_file(self) -> None:
-        fd, temp = tempfile.mkstemp(dir=self.token_dir.path, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                os.fchmod(handle.fileno(), 0o600)
-                handle.write(self._token.reveal())
-            os.replace(temp, self.token_file)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        write_private_file(self.token_file, self._token.reveal())
 
     # ------------------------------------------------------------------ what clients see
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{CREDENTIALS_PATH}"
+        return self._http.url + CREDENTIALS_PATH
 
     def env(self) -> dict[str, str]:
         """The two SDK variables (a URL and a path: never the token itself)."""

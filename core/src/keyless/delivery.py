@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ConfigError, KeylessError
+from .files import write_private_file
 from .identity import Keyless
 
 __all__ = ["TokenDirectory", "TokenFileKeeper", "sdk_environment", "worker_environment",
@@ -84,20 +85,7 @@ class TokenDirectory:
 
     def write(self, audience: str, token: str) -> Path:
         """Atomically replace the audience's token file (0600)."""
-        final = self.file_for(audience)
-        fd, temp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".jwt")
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                os.fchmod(handle.fileno(), 0o600)
-                handle.write(token)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        return final
+        return write_private_file(self.file_for(audience), token)
 
     def cleanup(self) -> None:
         """Remove the directory if keyless made it."""

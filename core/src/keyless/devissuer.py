@@ -28,15 +28,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import json
 import secrets
-import socket
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
@@ -45,8 +43,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .clock import Clock, SystemClock
 from .errors import ConfigError, KeylessError
+from .loopback import LoopbackHttpServer, is_loopback
 
 __all__ = ["DevClient", "DevIssuer", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_JWT", "is_loopback"]
+
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -55,16 +55,6 @@ _ACCEPTED_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, "urn:ietf:params:oauth:token-
 _RESERVED = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "act", "client_id"})
 _MAX_BODY = 64 * 1024
 _COMPONENT = "dev-issuer"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback IP address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -151,38 +141,18 @@ class DevIssuer:
         self._lock = threading.Lock()
         self._token_requests = 0
         self._issued = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = LoopbackHttpServer(_Handler, component=_COMPONENT, host=host, port=port,
+                                          attributes={"issuer": self})
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> DevIssuer:
         """Bind (loopback only) and serve in a daemon thread."""
-        bind = "127.0.0.1" if self.host == "localhost" else self.host.strip("[]")
-        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-        server_class = _Server6 if family == socket.AF_INET6 else _Server
-        try:
-            server = server_class((bind, self.port), _Handler)
-        except OSError as exc:
-            raise ConfigError(f"{_COMPONENT}: cannot listen on {bind}:{self.port} "
-                              f"({exc.strerror}); fix: pick another --port (0: any free one)",
-                              field="port") from None
-        server.issuer = self
-        self.port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="dev-issuer",
-                                        daemon=True)
-        self._thread.start()
+        self.port = self._server.start().port
         return self
 
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> DevIssuer:
         return self.start()
@@ -197,10 +167,7 @@ class DevIssuer:
     @property
     def issuer(self) -> str:
         """The issuer URL (``iss`` of every token), e.g. ``http://127.0.0.1:8900``."""
-        if self._server is None:
-            raise KeylessError(f"{_COMPONENT}: not started; call start() first")
-        host = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._server.url
 
     @property
     def token_endpoint(self) -> str:
@@ -369,15 +336,6 @@ class DevIssuer:
         token = self.mint(str(subject["sub"]), aud, lifetime, **extra)
         return {"access_token": token, "token_type": "Bearer", "expires_in": int(lifetime),
                 "issued_token_type": TOKEN_TYPE_JWT}
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    issuer: DevIssuer
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
 
 
 def _one(form: Mapping[str, list[str]], name: str) -> str | None:

@@ -18,7 +18,6 @@ to ``token_url`` by the transport wrapper (same service, same RFC 8693 call).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import importlib
@@ -26,7 +25,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from ..clock import Clock, SystemClock
 from ..config import GcpTarget
 from ..context import WorkerContext, render_json_template
 from ..errors import ConfigError, ExchangeFailed, KeylessError, TokenRejected
+from ..files import write_private_file
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
 from ..sources._common import safe_url
@@ -195,17 +194,8 @@ class GcpExchange:
         directory = Path(token_file).parent
         digest = hashlib.sha256(self.target.audience.encode()).hexdigest()[:8]
         final = directory / f"gcp-external-account-{digest}.json"
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                os.fchmod(handle.fileno(), 0o600)
-                json.dump(self.external_account_info(token_file), handle, indent=2)
-            os.replace(temp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        return final
+        return write_private_file(
+            final, json.dumps(self.external_account_info(token_file), indent=2))
 
     # ------------------------------------------------------------------ google-auth wiring
     def _subject_token(self) -> str:

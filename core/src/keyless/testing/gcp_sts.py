@@ -32,14 +32,14 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import jwt
 
 from ..clock import Clock, SystemClock
-from ..errors import KeylessError
+from ..loopback import LoopbackHttpServer
 from ..secret import fingerprint
 
 __all__ = ["GcpSts", "IssuedToken", "gcp_sts_factory"]
@@ -115,22 +115,16 @@ class GcpSts:
         self.rejected: list[str] = []
         self.reads: list[dict[str, Any]] = []
         self.expired_uses = 0
-        self._server: ThreadingHTTPServer | None = None
+        self._server = LoopbackHttpServer(_Handler, component="gcp-sts fixture",
+                                          attributes={"sts": self})
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> GcpSts:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.sts = self  # type: ignore[attr-defined]
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="gcp-sts", daemon=True).start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server.stop()
 
     def __enter__(self) -> GcpSts:
         return self.start()
@@ -140,9 +134,7 @@ class GcpSts:
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise KeylessError("gcp-sts fixture: not started; call start() first")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     @property
     def token_url(self) -> str:

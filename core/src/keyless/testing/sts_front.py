@@ -35,11 +35,10 @@ import json
 import re
 import threading
 from collections import deque
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ..clock import Clock, SystemClock
-from ..errors import KeylessError
+from ..loopback import LoopbackHttpServer
 from .sts_policy import StsError, TokenVerifier, session_role_policy, trust_allows
 from .sts_wire import (
     FrontHandler,
@@ -126,26 +125,18 @@ class StsFront:
         self._issued: dict[str, IssuedCredentials] = {}
         self._expired_uses: list[dict[str, Any]] = []
         self._forwarded: deque[dict[str, Any]] = deque(maxlen=10_000)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = LoopbackHttpServer(FrontHandler, component="sts-front",
+                                          attributes={"front": self})
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> StsFront:
         """Listen on a free loopback port and serve in a daemon thread."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), FrontHandler)
-        server.daemon_threads = True
-        server.front = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="sts-front", daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server.stop()
 
     def __enter__(self) -> StsFront:
         return self.start()
@@ -156,9 +147,7 @@ class StsFront:
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` of the front."""
-        if self._server is None:
-            raise KeylessError("sts-front: not started; call start() first")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     # ----------------------------------------------------------------- test hooks
     @property

@@ -1,0 +1,92 @@
+"""HTTP servers that keyless runs on this machine (dev issuer, credential endpoint, test
+fixtures): loopback addresses only, served from a daemon thread, stopped by their owner."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .errors import ConfigError, KeylessError
+
+__all__ = ["LoopbackHttpServer", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback IP address (``[::1]`` accepted)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackHttpServer:
+    """A ``ThreadingHTTPServer`` bound to a loopback address, serving in a daemon thread.
+
+    ``attributes`` are set on the server object, so a handler reaches its owner as
+    ``self.server.<name>``. A non-loopback ``host`` raises :class:`ConfigError` naming
+    ``component``; ``port=0`` picks a free port (read :attr:`port` after :meth:`start`).
+    """
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], *, component: str,
+                 host: str = "127.0.0.1", port: int = 0,
+                 attributes: Mapping[str, object] | None = None) -> None:
+        if not is_loopback(host):
+            raise ConfigError(f"{component}: bind address {host!r} is not loopback; fix: use "
+                              "127.0.0.1 or ::1 (this server is for local processes only)",
+                              field="host")
+        self.host = "127.0.0.1" if host == "localhost" else host.strip("[]")
+        self.port = port
+        self.component = component
+        self._handler = handler
+        self._attributes = dict(attributes or {})
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> LoopbackHttpServer:
+        """Bind and serve (idempotent)."""
+        if self._server is not None:
+            return self
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        server_class = type("LoopbackServer", (ThreadingHTTPServer,),
+                            {"address_family": family, "daemon_threads": True})
+        try:
+            server = server_class((self.host, self.port), self._handler)
+        except OSError as exc:
+            raise ConfigError(f"{self.component}: cannot listen on {self.host}:{self.port} "
+                              f"({exc.strerror}); fix: pick another port (0: any free one)",
+                              field="port") from None
+        for name, value in self._attributes.items():
+            setattr(server, name, value)
+        self.port = int(server.server_address[1])
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name=self.component,
+                                        kwargs={"poll_interval": 0.5}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (idempotent)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` (IPv6 hosts in brackets)."""
+        if self._server is None:
+            raise KeylessError(f"{self.component}: not started; call start() first")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
