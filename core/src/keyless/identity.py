@@ -66,8 +66,7 @@ class Keyless:
         self._lock = threading.Lock()
         self._source: Source | None = None
         self._refreshers: dict[str, Refresher[SubjectToken]] = {}
-        self._aws: AwsExchange | None = None
-        self._exchanges: dict[str, Any] = {}  # azure / databricks / oauth2 / huggingface
+        self._exchanges: dict[str, Any] = {}  # one per target name, built on first use
         self._audit_log: AuditLog | None = self._audit
 
     def __getstate__(self) -> dict[str, Any]:
@@ -198,17 +197,12 @@ class Keyless:
         """The AWS exchange for this worker (raises ConfigError without a target.aws)."""
         from .targets.aws import AwsExchange
 
-        target = self.config.target.aws
-        if target is None:
-            raise ConfigError("config: target.aws is not configured; fix: add target.aws "
-                              "with role_arn", field="target.aws")
-        with self._lock:
-            if self._aws is None:
-                self._aws = AwsExchange(
-                    target, tokens=self.subject_token, source_name=self.config.source.type,
-                    context=self.context, policy=self.policy, audit=self.audit,
-                    environ=self.environ, rng=self._random())
-            return self._aws
+        target = self._target("aws")
+        exchange: AwsExchange = self._exchange("aws", lambda: AwsExchange(
+            target, tokens=self.subject_token, source_name=self.config.source.type,
+            context=self.context, policy=self.policy, audit=self.audit,
+            environ=self.environ, rng=self._random()))
+        return exchange
 
     def boto3_session(self) -> boto3.Session:
         """A ``boto3.Session`` whose credentials refresh themselves for as long as it lives."""
@@ -222,6 +216,18 @@ class Keyless:
                               " (see `keyless schema`)", field=f"target.{name}")
         return target
 
+    def _exchange(self, name: str, build: Callable[[], Any]) -> Any:
+        """This process's one exchange for target ``name``, built on first use. It is built
+        outside the lock (building may call back into this object); if two threads race, the
+        first one stored wins and the other is dropped before any upstream call."""
+        with self._lock:
+            exchange = self._exchanges.get(name)
+        if exchange is None:
+            created = build()
+            with self._lock:
+                exchange = self._exchanges.setdefault(name, created)
+        return exchange
+
     def _http_client(self) -> httpx.Client:
         return (self._http or default_http_client)()
 
@@ -231,31 +237,21 @@ class Keyless:
         from .targets.azure import AzureCredential
 
         target = self._target("azure")
-        with self._lock:
-            credential = self._exchanges.get("azure")
-        if credential is None:  # built outside the lock: its properties take the lock
-            created = AzureCredential(
-                target, tokens=self.subject_token, clock=self.clock, policy=self.policy,
-                audit=self.audit, source_name=self.config.source.type,
-                context=self.context, rng=self._random(), **credential_kwargs)
-            with self._lock:
-                credential = self._exchanges.setdefault("azure", created)
-        return credential  # type: ignore[no-any-return]
+        credential: AzureCredential = self._exchange("azure", lambda: AzureCredential(
+            target, tokens=self.subject_token, clock=self.clock, policy=self.policy,
+            audit=self.audit, source_name=self.config.source.type,
+            context=self.context, rng=self._random(), **credential_kwargs))
+        return credential
 
     def databricks(self) -> DatabricksExchange:
         """The Databricks exchange for ``target.databricks`` (one per process)."""
         from .targets.databricks import DatabricksExchange
 
         target = self._target("databricks")
-        with self._lock:
-            exchange = self._exchanges.get("databricks")
-        if exchange is None:
-            created = DatabricksExchange(
-                target, tokens=self.subject_token, audit=self.audit,
-                source_name=self.config.source.type, context=self.context)
-            with self._lock:
-                exchange = self._exchanges.setdefault("databricks", created)
-        return exchange  # type: ignore[no-any-return]
+        exchange: DatabricksExchange = self._exchange("databricks", lambda: DatabricksExchange(
+            target, tokens=self.subject_token, audit=self.audit,
+            source_name=self.config.source.type, context=self.context))
+        return exchange
 
     def databricks_config(self, **kwargs: Any) -> Any:
         """A ``databricks.sdk.core.Config`` on keyless credentials (``WorkspaceClient(config=
@@ -267,13 +263,8 @@ class Keyless:
 
         self._target(name)
         build = oauth2.huggingface_exchange if name == "huggingface" else oauth2.oauth2_exchange
-        with self._lock:
-            exchange = self._exchanges.get(name)
-        if exchange is None:
-            created = build(self, self._http_client)
-            with self._lock:
-                exchange = self._exchanges.setdefault(name, created)
-        return exchange  # type: ignore[no-any-return]
+        exchange: TokenExchange = self._exchange(name, lambda: build(self, self._http_client))
+        return exchange
 
     def oauth2(self) -> TokenExchange:
         """The generic RFC 8693 exchange for ``target.oauth2`` (cached, refreshed)."""
@@ -296,18 +287,12 @@ class Keyless:
         """The GCP exchange for this worker (raises ConfigError without a target.gcp)."""
         from .targets.gcp import GcpExchange
 
-        target = self.config.target.gcp
-        if target is None:
-            raise ConfigError("config: target.gcp is not configured; fix: add target.gcp "
-                              "with audience", field="target.gcp")
-        with self._lock:
-            exchange = self._exchanges.get("gcp")
-            if exchange is None:
-                exchange = self._exchanges["gcp"] = GcpExchange(
-                    target, tokens=self.subject_token, source_name=self.config.source.type,
-                    context=self.context, policy=self.policy, audit=self.audit,
-                    environ=self.environ, clock=self.clock, rng=self._random())
-            return exchange
+        target = self._target("gcp")
+        exchange: GcpExchange = self._exchange("gcp", lambda: GcpExchange(
+            target, tokens=self.subject_token, source_name=self.config.source.type,
+            context=self.context, policy=self.policy, audit=self.audit,
+            environ=self.environ, clock=self.clock, rng=self._random()))
+        return exchange
 
     def google_credentials(self) -> Any:
         """This worker's ``google.auth.credentials.Credentials`` (one token, one refresh lock,
