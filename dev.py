@@ -3,6 +3,7 @@
 
     python3 dev.py demo    run `keyless demo` (embedded default, no cloud account)
     python3 dev.py test    build the test environments and run the whole suite
+    python3 dev.py bench   run the benchmarks (table + plot in benchmarks/results/)
 
 Environments live in .envs/ (one per host: Airflow 3.3 and Prefect 3.9 cannot share one).
 They are built with uv (bootstrapped with pip, which honours this machine's pip config);
@@ -26,12 +27,17 @@ IDP_DIR = ROOT / "tests" / "support" / "idp"
 
 # name -> (requirements file, test paths run in that environment)
 ENVIRONMENTS: dict[str, tuple[str, list[str]]] = {
-    "core": ("tests/requirements/core.txt", ["tests/core", "tests/support", "tests/e2e"]),
+    "core": ("tests/requirements/core.txt", ["tests/core", "tests/support", "tests/e2e",
+                                              "tests/reliability"]),
+    "airflow": ("tests/requirements/airflow.txt", ["tests/airflow_provider"]),
+    "prefect": ("tests/requirements/prefect.txt", ["tests/prefect_blocks"]),
+    "ray": ("tests/requirements/ray.txt", ["tests/ray_runtime"]),
 }
 
 # name -> requirements file, for environments that run a tool rather than tests (same stamps)
 TOOL_ENVIRONMENTS: dict[str, str] = {
     "demo": "tests/requirements/demo.txt",
+    "bench": "tests/requirements/bench.txt",
 }
 
 
@@ -112,14 +118,53 @@ def ensure_idp() -> None:
     stamp_file.write_text(stamp)
 
 
-def lint(env: Path) -> bool:
+def ensure_chromium() -> None:
+    """Debian's chromium for the audit timeline's browser test (tests/e2e/test_audit_browser.py):
+    installed with apt-get only when /usr/bin/chromium is missing and we are root; otherwise
+    that test skips and says why."""
+    if Path("/usr/bin/chromium").exists():
+        return
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        log("chromium missing and not root with apt-get: the browser test will skip")
+        return
+    log("installing Debian's chromium (apt-get) for the browser test")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    ok = subprocess.run(["apt-get", "update", "-qq"], env=env).returncode == 0 and \
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env).returncode == 0
+    if not ok:
+        log("apt-get could not install chromium: the browser test will skip")
+
+
+# host environment -> the package (and examples) `mypy --strict` checks there
+HOST_TYPECHECK: dict[str, list[str]] = {
+    "airflow": ["airflow_provider/src/keyless_airflow", "examples/airflow/keyless_dags.py"],
+    "prefect": ["prefect_blocks/src/prefect_keyless"],
+    "ray": ["ray_runtime/src/keyless_ray"],
+}
+LINTED = ["core", "tests", "dev.py", "airflow_provider", "prefect_blocks", "ray_runtime",
+          "examples", "benchmarks"]
+
+
+def lint(envs: dict[str, Path]) -> bool:
+    """ruff over the tree; mypy --strict on keyless (core env) and on each host package in
+    its own environment (it imports its host)."""
+    core = envs["core"]
     ok = True
     log("ruff check")
-    ok &= subprocess.run([str(bin_path(env, "ruff")), "check", "--quiet", "core", "tests",
-                          "dev.py"], cwd=ROOT).returncode == 0
+    paths = [p for p in LINTED if (ROOT / p).exists()]
+    ok &= subprocess.run([str(bin_path(core, "ruff")), "check", "--quiet", *paths],
+                         cwd=ROOT).returncode == 0
     log("mypy --strict (keyless)")
-    ok &= subprocess.run([str(bin_path(env, "mypy")), "--cache-dir",
+    ok &= subprocess.run([str(bin_path(core, "mypy")), "--cache-dir",
                           str(ENVS / ".mypy_cache")], cwd=ROOT).returncode == 0
+    for name, targets in HOST_TYPECHECK.items():
+        if name not in envs:
+            continue
+        log(f"mypy --strict ({name})")
+        environ = dict(os.environ, MYPYPATH=str(ROOT / "core" / "src"))
+        ok &= subprocess.run([str(bin_path(envs[name], "python")), "-m", "mypy", "--strict",
+                              "--cache-dir", str(ENVS / f".mypy_cache_{name}"), *targets],
+                             cwd=ROOT, env=environ).returncode == 0
     return ok
 
 
@@ -144,8 +189,9 @@ def pytest(env: Path, name: str, paths: list[str]) -> tuple[int, dict[str, int]]
 
 def cmd_test() -> int:
     ensure_idp()
+    ensure_chromium()
     envs = {name: ensure_env(name) for name in ENVIRONMENTS}
-    lint_ok = lint(envs["core"])
+    lint_ok = lint(envs)
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     worst = 0
     for name, (_req, paths) in ENVIRONMENTS.items():
@@ -168,8 +214,16 @@ def cmd_demo() -> int:
     return subprocess.run([str(bin_path(env, "keyless")), "demo"], cwd=ROOT).returncode
 
 
+def cmd_bench() -> int:
+    """benchmarks/run.py in .envs/bench (keyless + boto3, google-auth, moto, CPU torch,
+    matplotlib): prints the table and writes benchmarks/results/ (markdown + PNG)."""
+    env = ensure_env("bench")
+    return subprocess.run([str(bin_path(env, "python")), "-m", "benchmarks.run"],
+                          cwd=ROOT).returncode
+
+
 def main() -> int:
-    commands = {"test": cmd_test, "demo": cmd_demo}
+    commands = {"test": cmd_test, "demo": cmd_demo, "bench": cmd_bench}
     if len(sys.argv) != 2 or sys.argv[1] not in commands:
         print(__doc__, file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ Its mode can be changed at any time from any thread:
 - :meth:`FaultProxy.fail_with`: answer ``status`` without contacting upstream, for ``count``
   requests (then back to passthrough) or until changed (``count=None``);
 - :meth:`FaultProxy.hang`: wait ``seconds`` before forwarding, to trigger client timeouts.
+- :meth:`FaultProxy.reset`: read the request, then drop the connection with a TCP reset
+  (``SO_LINGER`` 0), for ``count`` requests or until changed.
   A mode change or :meth:`FaultProxy.stop` releases waiting requests at once.
 
 ``requests`` counts every request the proxy received, whatever the mode; ``forwarded`` counts
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -81,6 +85,12 @@ class FaultProxy:
     def hang(self, seconds: float) -> None:
         """Hold every request ``seconds`` before forwarding it (released early by a mode change)."""
         self._set_mode("hang", seconds=seconds)
+
+    def reset(self, count: int | None = None) -> None:
+        """Answer nothing: reset the connection (TCP RST) ``count`` times or until changed."""
+        if count is not None and count < 1:
+            raise ValueError("fault proxy: count must be >= 1 or None")
+        self._set_mode("reset", count=count)
 
     def _set_mode(
         self, mode: str, *, status: int = 503, count: int | None = None, seconds: float = 0.0
@@ -172,7 +182,7 @@ class FaultProxy:
         with self._lock:
             self._requests += 1
             mode = self._mode
-            if mode == "fail" and self._remaining is not None:
+            if mode in ("fail", "reset") and self._remaining is not None:
                 self._remaining -= 1
                 if self._remaining <= 0:
                     self._mode, self._remaining = "passthrough", None
@@ -234,6 +244,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 {"error": "temporarily_unavailable", "error_description": "injected fault"}
             ).encode()
             self._reply(status, None, [("Content-Type", "application/json")], payload)
+            return
+        elif action == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.close_connection = True
             return
         elif action == "stopped":
             self.close_connection = True

@@ -360,8 +360,12 @@ class AuditLog:
         for name in dict.fromkeys(spec.sinks):
             if name == "log":
                 sinks.append(LogSink())
-            elif name == "jsonl" and spec.jsonl_path:
+            elif name == "jsonl" and spec.jsonl_path and spec.jsonl_max_bytes is None:
                 sinks.append(JsonlSink(spec.jsonl_path))
+            elif name in ("jsonl", "mlflow", "otel"):  # rotation and optional extras
+                from .audit_sinks import build_sink
+
+                sinks.append(build_sink(name, spec))
         return cls(sinks, clock=clock)
 
     def emit(self, event: AuditEvent) -> AuditEvent:

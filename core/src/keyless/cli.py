@@ -27,7 +27,8 @@ __all__ = ["COMMAND_MODULES", "main"]
 #: Modules that add a subcommand: each has ``register(subparsers)``, which adds its parser and
 #: sets ``handler=<callable(args) -> int>`` with ``parser.set_defaults``.
 COMMAND_MODULES: tuple[str, ...] = ("keyless.commands_serve", "keyless.cli_devissuer",
-                                    "keyless.cli_demo", "keyless.doctor")
+                                    "keyless.cli_demo", "keyless.doctor",
+                                    "keyless.cli_audit")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +117,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     identity = Keyless(args.config)
+    audit = identity.audit  # built now: a missing audit extra fails before the child starts
     dropped = shadowing_variables(identity)
     environment = worker_environment(identity, args.token_dir)
     if args.credential_endpoint:
@@ -141,6 +143,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            audit.close()  # flush sinks that write at the end (MLflow artifacts)
 
 
 def _cmd_schema(_args: argparse.Namespace) -> int:

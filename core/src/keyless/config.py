@@ -30,6 +30,7 @@ __all__ = [
     "ClientCredentialsSource",
     "CommandSource",
     "DatabricksTarget",
+    "DeliverySpec",
     "EnvSource",
     "FileSource",
     "GcpMetadataSource",
@@ -381,15 +382,29 @@ class RefreshSpec(_Spec):
     initial_backoff_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
 
 
-def _default_sinks() -> list[Literal["log", "jsonl"]]:
+def _default_sinks() -> list[Literal["log", "jsonl", "mlflow", "otel"]]:
     return ["log"]
 
 
 class AuditSpec(_Spec):
     """Where audit events go."""
 
-    sinks: list[Literal["log", "jsonl"]] = Field(default_factory=lambda: _default_sinks())
+    sinks: list[Literal["log", "jsonl", "mlflow", "otel"]] = Field(
+        default_factory=lambda: _default_sinks(),
+        description="log: JSON lines on the keyless.audit logger; jsonl: a file; mlflow: tags "
+                    "and an identity-timeline artifact on an MLflow run (keyless[mlflow]); otel: "
+                    "span events and metrics through OpenTelemetry (keyless[otel]).")
     jsonl_path: str | None = None
+    jsonl_max_bytes: int | None = Field(
+        default=None, ge=1024, description="Rotate the jsonl file past this size (FILE.1 ...).")
+    jsonl_backups: int = Field(default=5, ge=1, le=100,
+                               description="How many rotated jsonl files to keep.")
+    mlflow_run_id: str | None = Field(
+        default=None, description="The MLflow run to write to (default: MLFLOW_RUN_ID, else "
+                                  "the active run).")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI (default: MLflow's own resolution, "
+                                  "MLFLOW_TRACKING_URI).")
 
     @model_validator(mode="after")
     def _jsonl_needs_path(self) -> AuditSpec:

@@ -1,0 +1,69 @@
+"""Run every benchmark, print the table, write benchmarks/results/{results.md,results.png}.
+
+    python3 dev.py bench                  # builds .envs/bench, then runs this
+    python -m benchmarks.run [--quick]    # from the repository root, in such an environment
+
+``--quick`` runs a smaller fleet (1,000 workers on 100 nodes) and fewer training steps, for a
+smoke test. Nothing here asserts on time; each row states its target and whether it was met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import coldstart, fleet, hotpath, report, singleflight, training, verification
+from benchmarks.common import Row
+from benchmarks.stack import Federation
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller fleet, fewer steps")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+    logging.getLogger("keyless").setLevel(logging.ERROR)  # no refresh warnings in the table
+    started = time.perf_counter()
+    rows: list[Row] = []
+
+    def section(title: str) -> None:
+        print(f"[bench] {title} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    spec = fleet.FleetSpec(workers=1_000, nodes=100) if args.quick else fleet.FleetSpec()
+    with Federation() as fed:
+        section("1. hot path")
+        rows += hotpath.run(fed)
+        section("2. single flight")
+        flight_rows, calls = singleflight.run(fed)
+        rows += flight_rows
+        section("4. training overhead")
+        rows += training.run(fed, steps=2000 if args.quick else 8000,
+                             pairs=2 if args.quick else 3)
+        section("5. cold start")
+        rows += coldstart.run(fed)
+        section("6. verification")
+        rows += verification.run(fed)
+    section(f"3. fleet scale ({spec.workers:,} workers, simulated {spec.hours:.0f} h)")
+    fleet_rows, fleet_results = fleet.run(spec)
+    rows += fleet_rows
+    rows.sort(key=lambda r: r.section)
+    table = report.markdown(rows, time.perf_counter() - started)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(table)
+    image = report.plot(args.out / "results.png", calls, fleet_results)
+    print()
+    print(table)
+    print(f"[bench] wrote {args.out / 'results.md'} and {image}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

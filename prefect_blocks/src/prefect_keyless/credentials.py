@@ -1,0 +1,275 @@
+"""``KeylessCredentials``: the Prefect credentials block for keyless.
+
+The block's fields are keyless's config schema (``source``, ``target``, ``refresh``,
+``audit``, ``delivery``, ``allow_insecure_http``; see :mod:`prefect_keyless.fields`); secrets
+are ``SecretStr`` so Prefect stores them as secret fields and shows ``**********``. Unknown
+fields are refused, and every config check keyless makes runs when the block is built or
+loaded and again at ``save()``: a bad block raises :class:`keyless.ConfigError` naming the field
+at fault (``target.aws.role_arn``, ``source.type``) before anything reaches the API.
+
+Credentials are built lazily, in the process that uses them, once per flow run/task run
+(:mod:`prefect_keyless.runtime`), so each task's session name names its task run. The cache
+is never pickled: a block sent to a process pool, Dask or Ray arrives with an empty cache and
+builds its own credentials there; a forked child starts a new cache as well.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
+
+from prefect.blocks.abstract import CredentialsBlock
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PrivateAttr, model_validator
+
+from keyless import ConfigError, Keyless, KeylessConfig, WorkerContext, load_config
+from keyless.config import AmbientSource, AuditSpec, DeliverySpec, RefreshSpec, TargetsSpec
+
+from .fields import BlockSourceSpec
+from .runtime import RunKey, current_run_key, prefect_worker_context
+
+if TYPE_CHECKING:
+    import boto3
+    from prefect.client.schemas.objects import BlockDocument
+
+__all__ = ["CONFIG_FIELDS", "KeylessCredentials"]
+
+#: The block fields that make up the keyless config (everything the block stores).
+CONFIG_FIELDS: tuple[str, ...] = ("source", "target", "refresh", "audit", "delivery",
+                                  "allow_insecure_http")
+#: Keys Prefect adds to a block's serialized data; they are not config fields.
+_PREFECT_KEYS = ("_block_document_id", "_block_document_name", "_is_anonymous")
+#: At most this many identities (flow run/task run pairs) are kept per process.
+_MAX_IDENTITIES = 64
+
+
+def _plain(value: Any) -> Any:
+    """A spec model as a mapping (secrets stay ``SecretStr``), anything else as is."""
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+class _IdentityCache:
+    """This process's credentials: one :class:`~keyless.Keyless` per (flow run, task run),
+    least recently used dropped past :data:`_MAX_IDENTITIES`.
+
+    Pickling or deep-copying gives an empty cache (``__reduce__``), and a cache used after a
+    fork starts empty in the child: credentials never cross a process boundary.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._config: KeylessConfig | None = None
+        self._identities: OrderedDict[RunKey, Keyless] = OrderedDict()
+
+    def __reduce__(self) -> tuple[type[_IdentityCache], tuple[()]]:
+        return (_IdentityCache, ())
+
+    def __eq__(self, other: object) -> bool:  # a cache is not state: equal blocks stay equal
+        return isinstance(other, _IdentityCache)
+
+    def __hash__(self) -> int:
+        return 0
+
+    def _this_process(self) -> None:  # call with the lock held
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._config = None
+            self._identities = OrderedDict()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._config = None
+            self._identities.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._this_process()
+            return len(self._identities)
+
+    def config(self, build: Callable[[], KeylessConfig]) -> KeylessConfig:
+        with self._lock:
+            self._this_process()
+            if self._config is None:
+                self._config = build()
+            return self._config
+
+    def identity(self, key: RunKey, build: Callable[[], Keyless]) -> tuple[Keyless, bool]:
+        """The identity for ``key`` and whether it was built by this call. Built outside the
+        lock (building may ask the Prefect API for the flow run's name); if two threads race,
+        the first one stored wins and the other is dropped before any upstream call."""
+        with self._lock:
+            self._this_process()
+            found = self._identities.get(key)
+            if found is not None:
+                self._identities.move_to_end(key)
+                return found, False
+        built = build()
+        with self._lock:
+            self._this_process()
+            found = self._identities.setdefault(key, built)
+            self._identities.move_to_end(key)
+            while len(self._identities) > _MAX_IDENTITIES:
+                self._identities.popitem(last=False)
+        return found, found is built
+
+
+class KeylessCredentials(CredentialsBlock):
+    """Short-lived, per-task cloud identity through OIDC workload identity federation:
+    no long-lived key is stored, copied or logged.
+
+    The fields are keyless's config schema (``keyless schema``). In a flow::
+
+        creds = KeylessCredentials.load("training")
+        s3 = creds.get_s3_client()      # refreshed for as long as it lives
+
+    Each task run gets its own credentials, named after it (``{job_id}`` = flow run name,
+    ``{task_id}`` = task run name, ``{run_id}`` = flow run id in ``session_name``, tags and
+    session policies).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    _block_type_name: ClassVar[str | None] = "Keyless Credentials"
+    _block_type_slug: ClassVar[str | None] = "keyless-credentials"
+    _description: ClassVar[str | None] = (
+        "Short-lived, per-task cloud identity (AWS, GCP, Azure, Databricks, Hugging Face, "
+        "RFC 8693) through OIDC workload identity federation, refreshed for as long as a task "
+        "runs. Stores no long-lived cloud key.")
+    _documentation_url: ClassVar[HttpUrl | None] = HttpUrl(
+        "https://pypi.org/project/prefect-keyless/")
+
+    source: BlockSourceSpec = Field(
+        default_factory=AmbientSource,
+        description="Where the OIDC token comes from (`type` picks the kind).")
+    target: TargetsSpec = Field(description="What the token is exchanged for (one or more).")
+    refresh: RefreshSpec = Field(default_factory=RefreshSpec,
+                                 description="When tokens and credentials are refreshed.")
+    audit: AuditSpec = Field(default_factory=AuditSpec, description="Where audit events go.")
+    delivery: DeliverySpec = Field(default_factory=DeliverySpec,
+                                   description="Token files for subprocesses (worker_env).")
+    allow_insecure_http: bool = Field(
+        default=False, description="Allow http:// URLs, and only to loopback addresses.")
+
+    _cache: _IdentityCache = PrivateAttr(default_factory=_IdentityCache)
+
+    # ------------------------------------------------------------------ validation
+    @model_validator(mode="before")
+    @classmethod
+    def _check_config(cls, data: Any) -> Any:
+        """Run keyless's own config checks on the incoming values; raise ConfigError naming
+        the field at fault (not a ValueError, so pydantic lets it through unwrapped)."""
+        if not isinstance(data, Mapping):
+            return data
+        values = {key: _plain(value) for key, value in data.items() if key not in _PREFECT_KEYS}
+        if values.get("block_type_slug") == cls.get_block_type_slug():
+            values.pop("block_type_slug")
+        _validate(values)
+        return values
+
+    def keyless_config(self) -> KeylessConfig:
+        """The block's fields as a validated :class:`~keyless.KeylessConfig` (cached in this
+        process). Raises :class:`~keyless.ConfigError` naming the field at fault."""
+        return self._cache.config(
+            lambda: _validate({name: _plain(getattr(self, name)) for name in CONFIG_FIELDS}))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in CONFIG_FIELDS:
+            self._cache.clear()  # a changed field: rebuild config and credentials
+
+    def _to_block_document(
+        self,
+        name: str | None = None,
+        block_schema_id: UUID | None = None,
+        block_type_id: UUID | None = None,
+        is_anonymous: bool | None = None,
+        include_secrets: bool = False,
+    ) -> BlockDocument:
+        """Every ``save()`` goes through here: refuse a block that fails keyless's checks
+        (changed after it was built, or built with ``model_construct``)."""
+        self.keyless_config()
+        return super()._to_block_document(
+            name=name, block_schema_id=block_schema_id, block_type_id=block_type_id,
+            is_anonymous=is_anonymous, include_secrets=include_secrets)
+
+    # ------------------------------------------------------------------ identity
+    def worker_context(self) -> WorkerContext:
+        """This worker's context: flow run and task run (see :mod:`prefect_keyless.runtime`)."""
+        return prefect_worker_context()
+
+    def identity(self) -> Keyless:
+        """The :class:`~keyless.Keyless` pipeline of the calling flow run/task run in this
+        process: built on first use, then reused (tokens and credentials refresh inside)."""
+        config = self.keyless_config()
+        key = current_run_key()
+        identity, built = self._cache.identity(
+            key, lambda: Keyless(config, context=self.worker_context()))
+        if built:
+            context = identity.context
+            self.logger.info(
+                "keyless: credentials for flow run %r, task run %r in process %s (%r)",
+                context.job_id, context.task_id or None, context.pid, identity)
+        return identity
+
+    # ------------------------------------------------------------------ clients
+    def get_client(self, service: str = "s3", **client_kwargs: Any) -> Any:
+        """A boto3 client for the AWS ``service`` (``"s3"``, ``"sts"``, ...) on this task's
+        refreshed credentials; ``client_kwargs`` go to ``boto3.Session.client``. Other clouds:
+        :meth:`get_google_credentials`, :meth:`get_azure_credential`, :meth:`get_token`."""
+        session: Any = self.get_boto3_session()  # any service name, not the stubs' literals
+        return session.client(service, **client_kwargs)
+
+    def get_boto3_session(self) -> boto3.Session:
+        """A ``boto3.Session`` whose credentials refresh themselves (``target.aws``)."""
+        return self.identity().boto3_session()
+
+    def get_s3_client(self, **client_kwargs: Any) -> Any:
+        """An S3 client on this task's refreshed credentials (``get_client("s3", ...)``)."""
+        return self.get_client("s3", **client_kwargs)
+
+    def get_google_credentials(self) -> Any:
+        """``google.auth`` credentials for ``target.gcp`` (one refresh lock per process)."""
+        return self.identity().google_credentials()
+
+    def get_azure_credential(self, **credential_kwargs: Any) -> Any:
+        """An azure-core ``TokenCredential`` for ``target.azure``; ``credential_kwargs`` go to
+        azure-identity on first use (e.g. ``connection_verify``)."""
+        return self.identity().azure_credential(**credential_kwargs)
+
+    def get_token(self, audience: str | None = None) -> str:
+        """A fresh raw OIDC token (JWT) for ``audience`` (default: the first target's). Hand it
+        only to the party it is meant for; never log it."""
+        return self.identity().token(audience)
+
+    @contextmanager
+    def worker_env(self, token_dir: str | None = None) -> Iterator[dict[str, str]]:
+        """For unmodified code and subprocesses: token files kept fresh for the ``with`` body,
+        and the SDK variables pointing at them (paths and ids only, never a secret)::
+
+            with creds.worker_env() as env:
+                subprocess.run(cmd, env={**os.environ, **env}, check=True)
+        """
+        from keyless.delivery import worker_environment
+
+        with worker_environment(self.identity(), token_dir) as env:
+            yield env
+
+
+def _validate(values: Mapping[str, Any]) -> KeylessConfig:
+    """keyless's checks, plus the block's one limit (token_exchange one level deep)."""
+    config = load_config(values)
+    source = config.source
+    if source.type == "token_exchange":
+        for role in ("subject", "actor"):
+            nested = getattr(source, role)
+            if nested is not None and nested.type == "token_exchange":
+                raise ConfigError(
+                    f"config: source.{role}.type: a token_exchange inside a token_exchange is "
+                    "not offered by the Prefect block; fix: give the inner token's source "
+                    "directly, or use a keyless config file", field=f"source.{role}.type")
+    return config

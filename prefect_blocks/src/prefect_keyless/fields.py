@@ -1,0 +1,69 @@
+"""The block's field types: keyless's config schema, made finite for Prefect.
+
+The block's fields are the fields of :class:`keyless.KeylessConfig` with the same spec types,
+with one difference: in the config schema a ``token_exchange`` source nests any source as its
+``subject``/``actor``, including another ``token_exchange`` (a recursive type). Prefect walks a
+block's field types to list its secret fields and recurses without a cycle guard, so a
+recursive type cannot be a block field. Here a ``token_exchange`` source nests any source
+*except* ``token_exchange``: one level of exchange, which covers subject + actor. A deeper
+chain stays available through a keyless config file (``keyless --config``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import ConfigDict, Field
+
+from keyless.config import (
+    AmbientSource,
+    AwsWebIdentityTokenSource,
+    ClientCredentialsSource,
+    CommandSource,
+    EnvSource,
+    FileSource,
+    GcpMetadataSource,
+    GithubActionsSource,
+    GitlabSource,
+    SpiffeSource,
+    TokenExchangeSource,
+)
+
+__all__ = ["BlockSourceSpec", "BlockTokenExchangeSource", "LeafSourceSpec"]
+
+#: Every source type except ``token_exchange`` (discriminated by ``type``).
+LeafSourceSpec = Annotated[
+    Union[
+        FileSource, EnvSource, GithubActionsSource, GitlabSource, GcpMetadataSource,
+        ClientCredentialsSource, CommandSource, AmbientSource, SpiffeSource,
+        AwsWebIdentityTokenSource,
+    ],
+    Field(discriminator="type"),
+]
+
+
+class BlockTokenExchangeSource(TokenExchangeSource):
+    """RFC 8693: exchange the token of a nested ``subject`` source (and optional ``actor``);
+    in the block, neither of them is itself a ``token_exchange``."""
+
+    model_config = ConfigDict(title="TokenExchangeSource")
+
+    subject: LeafSourceSpec
+    # A flat Optional union, not ``LeafSourceSpec | None``: Prefect does not look inside an
+    # ``Annotated`` nested in a union, and would miss the actor's secret fields.
+    actor: Union[
+        FileSource, EnvSource, GithubActionsSource, GitlabSource, GcpMetadataSource,
+        ClientCredentialsSource, CommandSource, AmbientSource, SpiffeSource,
+        AwsWebIdentityTokenSource, None,
+    ] = Field(default=None, discriminator="type")
+
+
+#: The block's ``source`` field: every source type, ``token_exchange`` one level deep.
+BlockSourceSpec = Annotated[
+    Union[
+        FileSource, EnvSource, GithubActionsSource, GitlabSource, GcpMetadataSource,
+        ClientCredentialsSource, BlockTokenExchangeSource, CommandSource, AmbientSource,
+        SpiffeSource, AwsWebIdentityTokenSource,
+    ],
+    Field(discriminator="type"),
+]
