@@ -294,11 +294,11 @@ def run(spec: FleetSpec = FleetSpec()) -> tuple[list[Row], list[FleetResult]]:
         theirs_total = float(other.sts.sum() + other.idp.sum())
         rows.append(Row(SECTION, f"IdP+STS calls in 24 h vs {other.name}", mine_total,
                         theirs_total, "calls", mine_total / theirs_total, "recorded", None,
-                        f"keyless: {ours.idp.sum():,.0f} IdP + {ours.sts.sum():,.0f} STS; "
-                        + "; ".join(other.notes)))
+                        "; ".join([f"keyless: {ours.idp.sum():,.0f} IdP + "
+                                   f"{ours.sts.sum():,.0f} STS", *other.notes])))
     expired = sum(r.expired_reads for r in keyless_runs)
     rows.append(Row(SECTION, "expired credential reads (keyless, both runs)", float(expired),
                     float(boto.expired_reads + boto900.expired_reads), "reads", None,
                     "keyless == 0", expired == 0,
-                    f"{ours.reads:,} reads per fleet-day; " + "; ".join(ours.notes)))
+                    "; ".join([f"{ours.reads:,} reads per fleet-day", *ours.notes])))
     return rows, results

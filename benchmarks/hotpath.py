@@ -14,6 +14,8 @@ Target: keyless no slower than the vendor's cached path (keyless / vendor <= 1.0
 
 from __future__ import annotations
 
+from typing import Any
+
 from botocore.credentials import RefreshableCredentials
 from botocore.utils import FileWebIdentityTokenLoader
 
@@ -41,7 +43,7 @@ def run(fed: Federation, log: object = print) -> list[Row]:
     rows: list[Row] = []
     # AWS: the real keyless session (one STS call through the front), then cached reads
     identity = Keyless(fed.config())
-    keyless_aws = identity.boto3_session().get_credentials()
+    keyless_aws: Any = identity.boto3_session().get_credentials()
     keyless_aws.get_frozen_credentials()
     vendor_aws = RefreshableCredentials.create_from_metadata(
         botocore_metadata(0), refresh_using=lambda: botocore_metadata(1), method="bench")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from botocore.credentials import DeferredRefreshableCredentials
 
@@ -69,7 +70,7 @@ def measure(fed: Federation) -> dict[str, dict[int, int]]:
         calls["keyless Refresher"][k] = fetch.calls.value
 
         identity = Keyless(fed.config(), context=WorkerContext(rank=str(k)))
-        credentials = identity.boto3_session().get_credentials()
+        credentials: Any = identity.boto3_session().get_credentials()
         idp, sts = fed.issuer.token_requests(), fed.aws.front.calls
         _burst(k, credentials.get_frozen_credentials)
         calls["keyless AWS (STS)"][k] = fed.aws.front.calls - sts
@@ -78,13 +79,13 @@ def measure(fed: Federation) -> dict[str, dict[int, int]]:
         file_identity, _ = token_file_identity(fed.issuer)
         sts_fake = FakeGoogleSts(latency=LATENCY)
         _, gcreds = keyless_gcp(file_identity, sts_fake)
-        _burst(k, lambda gcreds=gcreds, r=sts_fake: gcreds.before_request(r, "GET", url, {}))
+        _burst(k, lambda: gcreds.before_request(sts_fake, "GET", url, {}))  # noqa: B023
         calls["keyless GCP (STS)"][k] = sts_fake.calls.value
 
-        sts_fake = FakeGoogleSts(latency=LATENCY)
+        vendor_sts = FakeGoogleSts(latency=LATENCY)
         vendor = google_identity_pool(FakeSupplier())
-        _burst(k, lambda v=vendor, r=sts_fake: v.before_request(r, "GET", url, dict(headers)))
-        calls["google-auth identity_pool (STS)"][k] = sts_fake.calls.value
+        _burst(k, lambda: vendor.before_request(vendor_sts, "GET", url, dict(headers)))  # noqa: B023
+        calls["google-auth identity_pool (STS)"][k] = vendor_sts.calls.value
 
         botocore_calls = Counter()
 

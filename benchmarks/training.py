@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from keyless.devissuer import DevClient
 
@@ -69,7 +70,7 @@ def _child(config_path: str, mode: str, steps: int) -> None:
 
         identity = Keyless(json.loads(Path(config_path).read_text()))
         keeper = TokenFileKeeper(identity, TokenDirectory()).start()
-        credentials = identity.boto3_session().get_credentials()
+        credentials: Any = identity.boto3_session().get_credentials()
 
         def reader() -> None:
             while not stop.wait(0.1):

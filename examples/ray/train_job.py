@@ -2,8 +2,7 @@
 
 Submit it to a cluster whose nodes run the keyless plugin (see kuberay.yaml)::
 
-    ray job submit --working-dir . \\
-      --runtime-env-json "$(python -c 'import json; print(json.dumps({"keyless": json.load(open("keyless.json"))}))')" \\
+    ray job submit --working-dir . --runtime-env-json "$(cat runtime_env.json)" \\
       -- python train_job.py s3://my-bucket/shards
 
 or give the same ``keyless`` value in ``RunConfig(worker_runtime_env=...)`` as below. The

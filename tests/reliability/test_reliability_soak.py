@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -38,24 +39,29 @@ class Soak:
         self.lock = threading.Lock()
         self.reads = self.s3_calls = 0
         self.failures: list[str] = []
+        self.phase = "warm-up"
+        self.since = time.monotonic()
+        self.ready = threading.Barrier(len(identities) + 1)
         self.threads = [threading.Thread(target=self._worker, args=(i,), daemon=True)
                         for i in range(len(identities))]
 
     def _fail(self, what: str) -> None:
         with self.lock:
-            self.failures.append(what)
+            self.failures.append(f"[{self.phase} +{time.monotonic() - self.since:.2f}s] {what}")
 
     def _worker(self, i: int) -> None:
         session = self.identities[i].boto3_session()
-        credentials = session.get_credentials()
+        credentials: Any = session.get_credentials()
         s3 = self.federation.s3(session)
+        credentials.get_frozen_credentials()  # the first, cold fetch: before any fault
+        self.ready.wait(timeout=120)
         n = 0
         while not self.stop.wait(0.05):
             n += 1
             try:
                 frozen = credentials.get_frozen_credentials()
             except Exception as exc:
-                self._fail(f"worker {i}: read raised {type(exc).__name__}")
+                self._fail(f"worker {i}: read raised {type(exc).__name__}: {exc}")
                 continue
             issued = self.federation.aws.front.issued.get(frozen.access_key)
             if issued is None:
@@ -115,12 +121,15 @@ def test_soak_survives_idp_and_sts_faults_with_no_failed_read(
         identities = [identity(rank) for rank in range(WORKERS)]
         sts_before, idp_before = front.calls, federation.idp.token_requests()
         with Soak(federation, identities) as soak:
-            time.sleep(2.0)  # warm: every worker holds a token and credentials
+            soak.ready.wait(timeout=120)  # every worker holds a token and credentials
+            time.sleep(1.0)
 
             def idp_fault(name: str, start: Callable[[], None]) -> None:
+                soak.phase, soak.since = name, time.monotonic()
                 start()
                 time.sleep(1.5)
                 proxy.passthrough()
+                soak.phase = f"after {name}"
                 faults.append(name)
                 recovery[name] = _recovered_within(federation, 3.0)
 
@@ -131,6 +140,7 @@ def test_soak_survives_idp_and_sts_faults_with_no_failed_read(
             for name, inject in (("STS throttling x3", lambda: front.throttle_next(3)),
                                  ("STS 503 x3", lambda: front.fail_next(3, 503)),
                                  ("STS 500 x2", lambda: front.fail_next(2, 500))):
+                soak.phase = name
                 inject()
                 time.sleep(3.0)
                 faults.append(name)
@@ -143,13 +153,14 @@ def test_soak_survives_idp_and_sts_faults_with_no_failed_read(
         f"{sts_calls} STS exchanges, {idp_calls} IdP tokens",
         faults=", ".join(faults), bad_inputs=0, failures=len(soak.failures),
         recovery_s={k: None if v is None else round(v, 2) for k, v in recovery.items()})
-    assert soak.failures == []
+    assert soak.failures == [], "\n".join(soak.failures[:40])
     assert front.expired_uses == []
     assert soak.reads > WORKERS * 100 and soak.s3_calls > WORKERS * 10
     assert during_faults > idp_calls, "the faults never reached a worker's refresh"
     for worker in identities:  # every worker recovered: a token issued after the last fault
-        token = worker.subject_token()
-        assert token.issued_at is not None and token.issued_at > last_idp_fault_end - 1
+        token = worker.token_refresher().peek()  # the cached one: the proxy is gone
+        assert token is not None and token.issued_at is not None
+        assert token.issued_at > last_idp_fault_end - 1
     assert sts_calls >= WORKERS * 3, "sessions did not roll over during the soak"
     used = {f["access_key_id"] for f in front.forwarded}
     assert STATIC_KEY not in used

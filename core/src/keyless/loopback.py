@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _handle_error(server: ThreadingHTTPServer, request: object,
+                  client_address: tuple[str, int]) -> None:
+    """A client that hung up mid-answer (pyarrow drops idle connections) is not an error
+    worth a traceback; anything else goes to the standard handler."""
+    if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+        return
+    ThreadingHTTPServer.handle_error(server, request, client_address)  # type: ignore[arg-type]
 
 
 class LoopbackHttpServer:
@@ -57,7 +67,8 @@ class LoopbackHttpServer:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         server_class = type("LoopbackServer", (ThreadingHTTPServer,),
-                            {"address_family": family, "daemon_threads": True})
+                            {"address_family": family, "daemon_threads": True,
+                             "handle_error": _handle_error})
         try:
             server = server_class((self.host, self.port), self._handler)
         except OSError as exc:
