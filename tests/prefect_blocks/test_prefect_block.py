@@ -210,3 +210,20 @@ def test_the_cache_never_crosses_a_pickle_or_a_copy() -> None:
         assert clone == block
         assert clone.source.client_secret.get_secret_value() == "s3cr3t-value-for-tests"
         assert clone.identity() is not block.identity()
+
+
+def test_block_source_types_follow_the_core_schema() -> None:
+    """The block spells out its source unions (Prefect cannot take the recursive core type):
+    a source type added to keyless must be added here too, or this fails."""
+    from typing import get_args
+
+    from keyless.config import SourceSpec
+    from prefect_keyless.fields import BlockSourceSpec, LeafSourceSpec
+
+    def types(annotated: object) -> set[str]:
+        union = get_args(annotated)[0]
+        return {str(spec.model_fields["type"].default) for spec in get_args(union)}
+
+    core = types(SourceSpec)
+    assert types(BlockSourceSpec) == core
+    assert types(LeafSourceSpec) == core - {"token_exchange"}
