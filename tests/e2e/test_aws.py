@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import jwt
@@ -149,7 +150,7 @@ def test_snapshots_stay_consistent_across_many_rollovers(federation: Federation,
             with lock:
                 if issued is None:
                     problems.append("unknown access key")
-                elif issued.expiration <= __import__("time").time():
+                elif issued.expiration <= time.time():
                     problems.append("expired snapshot")
                 previous = seen.setdefault(frozen.access_key, frozen.secret_key)
                 if previous != frozen.secret_key:
@@ -209,14 +210,14 @@ def test_idp_outage_while_credentials_are_valid_fails_no_read(
 
         def read_for(seconds: float) -> None:
             nonlocal reads
-            deadline = __import__("time").monotonic() + seconds
-            while __import__("time").monotonic() < deadline:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
                 try:
                     s3.get_object(Bucket=federation.aws.bucket, Key=key)["Body"].read()
                     reads += 1
                 except Exception as exc:
                     failures.append(f"{type(exc).__name__}: {exc}")
-                __import__("time").sleep(0.05)
+                time.sleep(0.05)
 
         proxy.fail_with(503)
         read_for(3.0)
