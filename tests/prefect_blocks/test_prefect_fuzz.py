@@ -1,0 +1,60 @@
+"""Property-based: whatever document a block is built from (the UI form, a JSON paste, code),
+KeylessCredentials is built or refused with a ConfigError naming a field, never another
+exception, and the refusal never shows the secret."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyless import ConfigError
+from prefect_keyless import KeylessCredentials
+
+SECRET = "block-secret-never-shown-42"
+GOOD: dict[str, Any] = {
+    "source": {"type": "client_credentials", "token_url": "https://idp.example.com/token",
+               "client_id": "trainer", "client_secret": SECRET},
+    "target": {"aws": {"role_arn": "arn:aws:iam::123456789012:role/trainer"}},
+}
+LEAVES = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+          | st.text(max_size=30) | st.just(SECRET))
+VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=10)
+PATHS = st.sampled_from([
+    ("source",), ("source", "type"), ("source", "client_secret"), ("source", "token_url"),
+    ("source", "subject"), ("target",), ("target", "aws"), ("target", "aws", "role_arn"),
+    ("target", "gcp"), ("refresh",), ("refresh", "at_fraction"), ("audit", "sinks"),
+    ("allow_insecure_http",), ("unknown",)])
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, Any]:
+    document = copy.deepcopy(GOOD)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(PATHS)
+        parent: Any = document
+        for key in path[:-1]:
+            if not isinstance(parent, dict):
+                break
+            parent = parent.setdefault(key, {})
+        if isinstance(parent, dict):
+            if draw(st.booleans()):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = draw(VALUES)
+    return document
+
+
+@settings(max_examples=200, deadline=None)
+@given(document=documents())
+def test_any_document_gives_a_block_or_a_config_error(document: dict[str, Any]) -> None:
+    try:
+        block = KeylessCredentials(**document)
+    except ConfigError as exc:
+        assert SECRET not in str(exc) and SECRET not in repr(exc)
+        assert exc.field
+        return
+    assert SECRET not in repr(block)
