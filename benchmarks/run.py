@@ -23,13 +23,18 @@ from benchmarks.common import Row
 from benchmarks.stack import Federation
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("hotpath", "singleflight", "training", "coldstart", "verification", "fleet")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller fleet, fewer steps")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--only", choices=SECTIONS, action="append",
+                        help="run only this section (repeatable); prints the table, writes "
+                             "no files")
     args = parser.parse_args(argv)
+    only = set(args.only or SECTIONS)
     logging.getLogger("keyless").setLevel(logging.ERROR)  # no refresh warnings in the table
     started = time.perf_counter()
     rows: list[Row] = []
@@ -38,24 +43,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {title} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     spec = fleet.FleetSpec(workers=1_000, nodes=100) if args.quick else fleet.FleetSpec()
-    with Federation() as fed:
-        section("1. hot path")
-        rows += hotpath.run(fed)
-        section("2. single flight")
-        flight_rows, calls = singleflight.run(fed)
-        rows += flight_rows
-        section("4. training overhead")
-        rows += training.run(fed, steps=2000 if args.quick else 8000,
-                             pairs=2 if args.quick else 3)
-        section("5. cold start")
-        rows += coldstart.run(fed)
-        section("6. verification")
-        rows += verification.run(fed)
-    section(f"3. fleet scale ({spec.workers:,} workers, simulated {spec.hours:.0f} h)")
-    fleet_rows, fleet_results = fleet.run(spec)
-    rows += fleet_rows
+    calls: dict[str, dict[int, int]] = {}
+    fleet_results: list[fleet.FleetResult] = []
+    if only - {"fleet"}:
+        with Federation() as fed:
+            if "hotpath" in only:
+                section("1. hot path")
+                rows += hotpath.run(fed)
+            if "singleflight" in only:
+                section("2. single flight")
+                flight_rows, calls = singleflight.run(fed)
+                rows += flight_rows
+            if "training" in only:
+                section("4. training overhead")
+                rows += training.run(fed, steps=2000 if args.quick else 8000,
+                                     pairs=2 if args.quick else 3)
+            if "coldstart" in only:
+                section("5. cold start")
+                rows += coldstart.run(fed)
+            if "verification" in only:
+                section("6. verification")
+                rows += verification.run(fed)
+    if "fleet" in only:
+        section(f"3. fleet scale ({spec.workers:,} workers, simulated {spec.hours:.0f} h)")
+        fleet_rows, fleet_results = fleet.run(spec)
+        rows += fleet_rows
     rows.sort(key=lambda r: r.section)
     table = report.markdown(rows, time.perf_counter() - started)
+    if args.only:
+        print()
+        print(table)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(table)
     image = report.plot(args.out / "results.png", calls, fleet_results)

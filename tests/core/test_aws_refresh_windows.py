@@ -30,11 +30,11 @@ class Sts:
                 "expiry_time": expiry.isoformat()}
 
 
-def make(lifetime: float) -> tuple[Any, Sts, list[float]]:
+def make(lifetime: float, policy: RefreshPolicy | None = None) -> tuple[Any, Sts, list[float]]:
     now = [1_700_000_000.0]
     sts = Sts(lifetime, now)
     credentials = _credentials_class()(
-        refresh_using=sts, method="test", policy=RefreshPolicy(), rng=random.Random(7),
+        refresh_using=sts, method="test", policy=policy or RefreshPolicy(), rng=random.Random(7),
         time_fetcher=lambda: datetime.datetime.fromtimestamp(now[0], datetime.UTC))
     return credentials, sts, now
 
@@ -51,7 +51,8 @@ def test_one_sts_call_per_half_lifetime_not_per_access(lifetime: float) -> None:
 
 
 def test_failed_advisory_refresh_backs_off_and_serves_current_credentials() -> None:
-    credentials, sts, now = make(900.0)
+    # no first-refresh spread: the advisory window then starts at 0.5 ± 0.1 of the lifetime
+    credentials, sts, now = make(900.0, RefreshPolicy(first_refresh_spread=0.0))
     first = credentials.get_frozen_credentials().access_key
     now[0] += 900 * 0.65  # inside the advisory window, outside the mandatory one
     sts.fail = True

@@ -78,6 +78,13 @@ class TopRng(random.Random):
         return b
 
 
+class BottomRng(random.Random):
+    """Always draws the bottom of the interval."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
 def make(fetch: Fetch, *, rng: random.Random | None = None, **kwargs: Any) -> Refresher[Value]:
     return Refresher(fetch, name="test-refresher", clock=fetch.clock,
                      rng=rng if rng is not None else random.Random(7), **kwargs)
@@ -169,6 +176,7 @@ def test_due_times_land_in_the_jitter_band_across_many_draws() -> None:
     clock = FakeClock(START)
     fetch = Fetch(clock, lifetime=1000)
     r = make(fetch, rng=random.Random(1234))
+    r.get()  # the first value is due in the wider first-refresh window (tested below)
     fractions = []
     for _ in range(2000):
         r.refresh_now()
@@ -178,6 +186,56 @@ def test_due_times_land_in_the_jitter_band_across_many_draws() -> None:
     assert all(0.4 <= f <= 0.6 for f in fractions)
     assert min(fractions) < 0.41 and max(fractions) > 0.59  # the whole band is used
     assert len(set(fractions)) > 1900
+
+
+def test_first_refresh_is_drawn_from_the_wide_window() -> None:
+    """A fleet that starts together: each refresher's first value is due anywhere in
+    at_fraction +- first_refresh_spread; every later one in at_fraction +- jitter_fraction."""
+    rng = random.Random(4242)
+    firsts, laters = [], []
+    for _ in range(500):
+        clock = FakeClock(START)
+        fetch = Fetch(clock, lifetime=1000)
+        r = make(fetch, rng=rng)
+        r.get()
+        first_due = r.next_refresh_at()
+        assert first_due is not None
+        firsts.append((first_due - START) / 1000)
+        clock.advance(first_due - START)
+        assert r.get().seq == 2
+        later_due = r.next_refresh_at()
+        assert later_due is not None
+        laters.append((later_due - clock.time()) / 1000)
+    assert all(0.25 <= f <= 0.75 for f in firsts)
+    assert min(firsts) < 0.27 and max(firsts) > 0.73  # the whole wide window is used
+    assert sum(f < 0.4 or f > 0.6 for f in firsts) > 100  # well outside the jitter band
+    assert all(0.4 <= f <= 0.6 for f in laters)
+    assert min(laters) < 0.41 and max(laters) > 0.59
+
+
+def test_first_refresh_window_is_clamped_and_configurable() -> None:
+    # at 0.8 + 0.25 would run past validity (+970: 1000 s lifetime less the 30 s margin)
+    top = make(Fetch(FakeClock(START), lifetime=1000), rng=TopRng(),
+               policy=RefreshPolicy(at_fraction=0.8))
+    top.get()
+    assert top.next_refresh_at() == START + 970
+    bottom = make(Fetch(FakeClock(START), lifetime=1000), rng=BottomRng(),
+                  policy=RefreshPolicy(at_fraction=0.2))
+    bottom.get()
+    assert bottom.next_refresh_at() == START + 100  # never below at_fraction / 2
+    narrow = make(Fetch(FakeClock(START), lifetime=1000), rng=BottomRng(),
+                  policy=RefreshPolicy(first_refresh_spread=0.0, jitter_fraction=0.05))
+    narrow.get()
+    assert narrow.next_refresh_at() == START + 450  # spread 0: the jitter band, as later
+    exact = make(Fetch(FakeClock(START), lifetime=1000), rng=TopRng(),
+                 policy=RefreshPolicy(jitter_fraction=0.0))
+    exact.get()
+    assert exact.next_refresh_at() == START + 500  # jitter 0: deterministic, first one too
+    spec = RefreshSpec(first_refresh_spread=0.1)
+    assert RefreshPolicy.from_spec(spec).first_refresh_spread == 0.1
+    with pytest.raises(ConfigError) as info:
+        RefreshPolicy(first_refresh_spread=0.6)
+    assert info.value.field == "refresh.first_refresh_spread"
 
 
 def test_due_times_differ_between_instances() -> None:
@@ -535,7 +593,7 @@ def test_last_try_when_the_stale_value_runs_out() -> None:
     fetch = Fetch(clock, lifetime=100)  # valid until +90, due at +60 (TopRng)
     stale_flags: list[bool] = []
     r = make(fetch, rng=TopRng(), on_error=lambda e, stale: stale_flags.append(stale),
-             policy=RefreshPolicy(initial_backoff_seconds=20))
+             policy=RefreshPolicy(initial_backoff_seconds=20, first_refresh_spread=0.0))
     r.get()
     fetch.fail = ConnectionError("down")
     clock.advance(60)
@@ -621,7 +679,8 @@ def test_callback_errors_do_not_break_get(caplog: pytest.LogCaptureFixture) -> N
     def bad_error(error: BaseException, stale: bool) -> None:
         raise RuntimeError("boom")
 
-    r = make(fetch, rng=TopRng(), on_refresh=bad_refresh, on_error=bad_error)
+    r = make(fetch, rng=TopRng(), on_refresh=bad_refresh, on_error=bad_error,
+             policy=RefreshPolicy(first_refresh_spread=0.0))  # first due at +360
     with caplog.at_level(logging.WARNING, logger="keyless.refresher"):
         assert r.get().seq == 1
         clock.advance(360)

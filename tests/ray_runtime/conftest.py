@@ -2,8 +2,9 @@
 
 ``ray_cluster`` starts one in-process cluster (``ray.init``) with ``RAY_RUNTIME_ENV_PLUGINS``
 and ``RAY_RUNTIME_ENV_PLUGIN_SCHEMAS`` set in the environment first (the runtime-env agent
-inherits them), a private temp dir for its sessions and logs, and no dashboard; it is stopped
-with ``ray.shutdown()`` (never ``ray stop``: that would kill every cluster on the machine).
+inherits them), a private temp dir for its sessions and logs, and the dashboard (with its job
+server, for ``ray job submit``) on a free loopback port: ``RayCluster.dashboard_address``. It is
+stopped with ``ray.shutdown()`` (never ``ray stop``: that would kill every cluster on the machine).
 
 ``keyless_env(federation, tmp_path, ...)`` builds a ``runtime_env["keyless"]`` value the way a
 cluster should: the IdP client secret stays in a 0600 file on the node and the source is a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -31,10 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class RayCluster:
-    """The running cluster: its temp dir (sessions, logs) and the AWS variables it got."""
+    """The running cluster: its temp dir (sessions, logs) and its job server's address."""
 
-    def __init__(self, temp_dir: Path) -> None:
+    def __init__(self, temp_dir: Path, dashboard_address: str) -> None:
         self.temp_dir = temp_dir
+        self.dashboard_address = dashboard_address
 
     def log_text(self) -> str:
         """Everything Ray wrote under its sessions' log directories."""
@@ -63,10 +66,14 @@ def ray_cluster(aws_stack: Any) -> Iterator[RayCluster]:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                  "AWS_PROFILE"):
         os.environ.pop(name, None)
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
-             logging_level="WARNING", configure_logging=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                       dashboard_port=port, _temp_dir=str(temp_dir),
+                       logging_level="WARNING", configure_logging=False)
     try:
-        yield RayCluster(temp_dir)
+        yield RayCluster(temp_dir, f"http://{context.dashboard_url}")
     finally:
         ray.shutdown()
         os.environ.clear()

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from keyless import Keyless, WorkerContext
+from keyless import Keyless, KeylessError, WorkerContext
 from tests.e2e.conftest import Federation, LeakGuard
 from tests.support.faults import FaultProxy
 
@@ -53,7 +53,17 @@ class Soak:
         session = self.identities[i].boto3_session()
         credentials: Any = session.get_credentials()
         s3 = self.federation.s3(session)
-        credentials.get_frozen_credentials()  # the first, cold fetch: before any fault
+        # the first, cold fetch, before any fault: on a loaded machine the 0.5 s client
+        # timeout can trip here, and a cold cache has nothing to serve meanwhile, so retry
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                credentials.get_frozen_credentials()
+                break
+            except KeylessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         self.ready.wait(timeout=120)
         n = 0
         while not self.stop.wait(0.05):

@@ -380,6 +380,11 @@ class RefreshSpec(_Spec):
                                    description="± this fraction of the lifetime, at random.")
     max_backoff_seconds: float = Field(default=60.0, gt=0.0, le=3600.0)
     initial_backoff_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
+    first_refresh_spread: float = Field(
+        default=0.25, ge=0.0, le=0.5,
+        description="The first refresh (no previous value) is drawn from at_fraction ± this "
+                    "fraction of the lifetime, so a fleet that started together spreads out "
+                    "(not with jitter_fraction 0: a deterministic schedule).")
 
 
 def _default_sinks() -> list[Literal["log", "jsonl", "mlflow", "otel"]]:

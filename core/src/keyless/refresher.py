@@ -7,7 +7,14 @@ credentials) and calls ``fetch`` to renew it. Modelled on botocore's
 - **Refresh-ahead with jitter.** A value fetched at ``issued_at`` with lifetime ``L`` is due
   for refresh at ``issued_at + L * (at_fraction + U(-jitter_fraction, +jitter_fraction))``,
   drawn once per value from the injected ``rng`` (so a fleet spreads out), and never later
-  than the end of its validity. A value is *valid* until
+  than the end of its validity. The *first* value a refresher fetches (no previous value:
+  a new process, a cold start, after unpickling) is due at a fraction drawn uniformly from
+  the wider window ``at_fraction +- max(first_refresh_spread, jitter_fraction)``, narrowed to
+  ``[at_fraction / 2, (valid_until - issued_at) / L]`` so it is never immediate and never
+  past validity: a fleet that started in the same minute spreads over that whole window at
+  its first refresh instead of drifting apart by a small jitter over hours. Every later value
+  uses ``at_fraction +- jitter_fraction``. ``jitter_fraction: 0`` asks for a deterministic
+  schedule: then the first value is due at ``at_fraction`` too. A value is *valid* until
   ``expires_at - min(expiry_margin_seconds, 0.1 * L)``. A value that arrives already past its
   refresh point (say a file token minted long ago) is due after the same fraction of what is
   left of its validity, so a stale upstream cannot cause a fetch on every call.
@@ -67,7 +74,7 @@ from keyless.errors import ConfigError, ExchangeFailed, KeylessError
 if TYPE_CHECKING:
     from keyless.config import RefreshSpec
 
-__all__ = ["Fetched", "RefreshPolicy", "Refresher"]
+__all__ = ["due_fraction", "Fetched", "RefreshPolicy", "Refresher"]
 
 T = TypeVar("T")
 
@@ -83,6 +90,8 @@ class RefreshPolicy:
     initial_backoff_seconds: float = 1.0
     max_backoff_seconds: float = 60.0
     expiry_margin_seconds: float = 30.0
+    #: Half-width (fraction of the lifetime) of the window the first refresh is drawn from.
+    first_refresh_spread: float = 0.25
 
     def __post_init__(self) -> None:
         checks = (
@@ -94,6 +103,8 @@ class RefreshPolicy:
              "a positive number of seconds"),
             ("expiry_margin_seconds", 0.0 <= self.expiry_margin_seconds < math.inf,
              "zero or a positive number of seconds"),
+            ("first_refresh_spread", 0.0 <= self.first_refresh_spread <= 0.5,
+             "between 0 and 0.5"),
         )
         for field, ok, expected in checks:
             if not ok:
@@ -106,12 +117,30 @@ class RefreshPolicy:
         """The policy for a config's ``refresh:`` section."""
         return cls(at_fraction=spec.at_fraction, jitter_fraction=spec.jitter_fraction,
                    initial_backoff_seconds=spec.initial_backoff_seconds,
-                   max_backoff_seconds=spec.max_backoff_seconds)
+                   max_backoff_seconds=spec.max_backoff_seconds,
+                   first_refresh_spread=spec.first_refresh_spread)
 
     def backoff_cap(self, failures: int) -> float:
         """Upper bound of the delay after ``failures`` consecutive failures (``failures >= 1``)."""
         return min(self.max_backoff_seconds,
                    self.initial_backoff_seconds * 2.0 ** min(max(failures - 1, 0), 64))
+
+
+def due_fraction(policy: RefreshPolicy, rng: random.Random, *, first: bool,
+                 valid_fraction: float = 1.0) -> float:
+    """When a value is due for refresh, as a fraction of its lifetime: wide for the first
+    value (``at_fraction ± max(first_refresh_spread, jitter_fraction)``, no earlier than half
+    of ``at_fraction``: spreads a fleet that started together), ``at_fraction ±
+    jitter_fraction`` afterwards; never past ``valid_fraction``. ``jitter_fraction`` 0 means
+    no randomness at all. Shared by every refreshing cache (the Refresher, the AWS
+    credentials' windows)."""
+    at, jitter = policy.at_fraction, policy.jitter_fraction
+    if first:
+        spread = max(policy.first_refresh_spread, jitter) if jitter > 0.0 else 0.0
+        low = max(at - spread, at / 2.0)
+        high = max(min(at + spread, valid_fraction), low)
+        return rng.uniform(low, high)
+    return min(max(at + rng.uniform(-jitter, jitter), 0.0), valid_fraction, 1.0)
 
 
 @dataclass(frozen=True)
@@ -357,13 +386,17 @@ class Refresher(Generic[T]):
                 f"{self.name}: the fetched value expires at {_iso(expires)}, which is not "
                 f"after now ({_iso(now)}) plus the safety margin; check this machine's clock "
                 f"and the upstream's token lifetime", retryable=True)
-        jitter = policy.jitter_fraction
-        fraction = min(max(policy.at_fraction + self._rng.uniform(-jitter, jitter), 0.0), 1.0)
+        fraction = self._due_fraction(1.0 - (expires - valid_until) / lifetime)
         refresh_at = issued + lifetime * fraction
         if refresh_at <= now:  # arrived past its refresh point: same fraction of what is left
             refresh_at = now + (valid_until - now) * fraction
         return _Snapshot(value=fetched.value, refresh_at=min(refresh_at, valid_until),
                          valid_until=valid_until, expires_at=expires, issued_at=issued)
+
+    def _due_fraction(self, valid_fraction: float) -> float:
+        """The fraction of the lifetime after which the value being published is due."""
+        return due_fraction(self.policy, self._rng, first=self._serial == 0,
+                            valid_fraction=valid_fraction)
 
     def _failed(self, exc: Exception, *, force: bool) -> _Outcome[T]:
         """Record a failed upstream call and schedule the next one; serve the stale value

@@ -20,6 +20,8 @@ or :class:`~keyless.errors.SourceMisconfigured`; a bad verifier config raises
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import dataclasses
 import ipaddress
@@ -107,6 +109,21 @@ def unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, claims
 
 
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The header of a compact JWS, decoding only its first segment (not verified)."""
+    try:
+        segment, rest = token.split(".", 1)
+        if rest.count(".") != 1:
+            raise ValueError("not three segments")
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+        raise TokenRejected(f"verify: the token is not a JWT ({type(exc).__name__}); fix: send "
+                            "a compact JWS (header.payload.signature)") from None
+    if not isinstance(header, dict):
+        raise TokenRejected("verify: the token's header is not a JSON object")
+    return header
+
+
 @dataclasses.dataclass(frozen=True)
 class SigningKey:
     """One JWKS signing key: ``kid`` ("" when absent), ``kty``, the ``alg`` the JWK declares
@@ -162,7 +179,13 @@ class JwksCache:
         return body, response
 
     def discovery(self) -> dict[str, Any]:
-        """The discovery document (fetched once); its ``issuer`` must equal ours."""
+        """The discovery document (fetched once); its ``issuer`` must equal ours.
+
+        Once fetched, it is read without the lock (it is published by one assignment after
+        it was checked, and never changes)."""
+        document = self._discovery
+        if document is not None:
+            return document
         with self._lock:
             return self._discovery_locked()
 
@@ -208,8 +231,16 @@ class JwksCache:
     def key(self, kid: str | None) -> SigningKey:
         """The key for ``kid``. Unknown: refetch once if the cooldown allows, else refuse.
 
-        A token without ``kid`` is accepted only when the JWKS holds exactly one key.
+        A token without ``kid`` is accepted only when the JWKS holds exactly one key. The
+        common case (keys fetched less than ``max_age_seconds`` ago, ``kid`` known) takes no
+        lock: the key map is replaced by one assignment on refetch, never mutated.
         """
+        fetched_at, keys = self._fetched_at, self._keys
+        if fetched_at is not None and self._clock.time() - fetched_at < self.max_age_seconds:
+            found = keys.get(kid) if kid else (
+                next(iter(keys.values())) if len(keys) == 1 else None)
+            if found is not None:
+                return found
         with self._lock:
             now = self._clock.time()
             stale = self._fetched_at is None or now - self._fetched_at >= self.max_age_seconds
@@ -334,8 +365,12 @@ class Verifier:
                                       allow_insecure_http=allow_insecure_http)
 
     def verify_signature(self, token: str) -> dict[str, Any]:
-        """Check ``alg`` and the signature only; return the claims (times etc. unchecked)."""
-        header, _ = unverified_parts(token)
+        """Check ``alg`` and the signature only; return the claims (times etc. unchecked).
+
+        The token is decoded once: only its header segment, unverified (to pick the key),
+        then one ``jwt.decode`` with that key and the one allowed algorithm, which verifies
+        the signature over that same header and the payload."""
+        header = _unverified_header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg.lower() == "none":
             raise TokenRejected("verify: alg 'none' (an unsigned token) is refused; fix: send "
@@ -364,6 +399,8 @@ class Verifier:
             raise TokenRejected(f"verify: the token cannot be verified ({type(exc).__name__}); "
                                 "fix: send a well-formed token signed by the issuer",
                                 claim="signature") from None
+        if not isinstance(claims, dict):
+            raise TokenRejected("verify: the token's payload is not a JSON object")
         return claims
 
     def verify(self, token: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ..context import (
     sanitize_session_name,
 )
 from ..errors import KeylessError
-from ..refresher import RefreshPolicy
+from ..refresher import RefreshPolicy, due_fraction
 from ..tokens import SubjectToken
 from .aws_errors import translate_sts_error
 
@@ -97,12 +97,12 @@ def _credentials_class() -> type[Any]:
                 ceiling = self._policy.backoff_cap(self._failures)
                 self._retry_at = self._now() + self._rng.uniform(0.0, ceiling)
                 raise
+            first = self._frozen_credentials is None
             self._failures = 0
             self._retry_at = 0.0
             lifetime = max(parse_timestamp(metadata["expiry_time"]).timestamp() - self._now(), 1.0)
             mandatory = max(min(0.1 * lifetime, 120.0), 0.5)
-            jitter = self._rng.uniform(-self._policy.jitter_fraction, self._policy.jitter_fraction)
-            advisory = lifetime * (1.0 - self._policy.at_fraction + jitter)
+            advisory = lifetime * (1.0 - due_fraction(self._policy, self._rng, first=first))
             self._mandatory_refresh_timeout = mandatory
             self._advisory_refresh_timeout = min(max(advisory, mandatory + 0.5), lifetime)
             return metadata
