@@ -142,7 +142,7 @@ HOST_TYPECHECK: dict[str, list[str]] = {
     "ray": ["ray_runtime/src/keyless_ray"],
 }
 LINTED = ["core", "tests", "dev.py", "airflow_provider", "prefect_blocks", "ray_runtime",
-          "examples", "benchmarks"]
+          "examples", "benchmarks", "docs"]
 
 
 def lint(envs: dict[str, Path]) -> bool:
