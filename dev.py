@@ -157,6 +157,9 @@ def lint(envs: dict[str, Path]) -> bool:
     log("mypy --strict (keyless)")
     ok &= subprocess.run([str(bin_path(core, "mypy")), "--cache-dir",
                           str(ENVS / ".mypy_cache")], cwd=ROOT).returncode == 0
+    log("mypy --strict (benchmarks)")
+    ok &= subprocess.run([str(bin_path(core, "mypy")), "--strict", "--cache-dir",
+                          str(ENVS / ".mypy_cache"), "benchmarks"], cwd=ROOT).returncode == 0
     for name, targets in HOST_TYPECHECK.items():
         if name not in envs:
             continue

