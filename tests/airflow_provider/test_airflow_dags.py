@@ -102,3 +102,5 @@ def test_s3hook_on_an_aws_connection_deferring_to_keyless(
     names = [a["session_name"] for a in federation.aws.front.accepted]
     assert names and all(n.startswith("keyless-keyless_s3hook-s3hook_round_trip-")
                          for n in names), names
+    # put + get made two S3Hook sessions; they share the task's one pipeline: one exchange
+    assert len(names) == 1, names
