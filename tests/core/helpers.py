@@ -19,6 +19,12 @@ def make_jwt(exp_in: float = 600.0, *, now: float | None = None, **claims: Any) 
     return jwt.encode(payload, "k" * 32, algorithm="HS256")
 
 
+def assert_clean(text: str, *secrets: str) -> None:
+    """Fail if any of ``secrets`` appears in ``text`` (a message, a repr, a log)."""
+    for secret in secrets:
+        assert secret not in text, "a secret leaked into a message or repr"
+
+
 class Recorder:
     """An ``httpx.MockTransport`` handler that records every request and answers with
     ``respond``; ``http()`` is the injected client factory sources take."""

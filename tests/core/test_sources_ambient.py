@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
-import jwt
 import pytest
 
 import keyless.sources as sources_pkg
@@ -39,19 +38,17 @@ from keyless.sources import (
     TokenExchangeTokenSource,
     build_source,
 )
+from tests.core import helpers
 from tests.core.helpers import Recorder
 
-KEY = "unit-test-hmac-key-0123456789abcdef"
 NOW = 1_700_000_000
 GH_URL = "https://pipelines.actions.example/idtoken?api-version=2.0"
 GH_BEARER = "gh-request-bearer-secret-value-42"
 
 
 def make_jwt(**claims: object) -> str:
-    body = {"iss": "https://issuer.example", "sub": "worker", "aud": "aud-1",
-            "iat": NOW, "exp": NOW + 3600}
-    body.update(claims)
-    return jwt.encode(body, KEY, algorithm="HS256")
+    defaults: dict[str, object] = {"iss": "https://issuer.example", "sub": "worker", "aud": "aud-1"}
+    return helpers.make_jwt(3600, now=NOW, **{**defaults, **claims})
 
 
 

@@ -6,32 +6,24 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import jwt
 import pytest
 
 from keyless.config import GcpMetadataSource, GithubActionsSource
 from keyless.errors import SourceMisconfigured, SourceUnavailable
 from keyless.sources import GcpMetadataTokenSource, GithubActionsTokenSource
+from tests.core import helpers
 from tests.core.helpers import Recorder
 
-KEY = "unit-test-hmac-key-0123456789abcdef"
 NOW = 1_700_000_000
 REQUEST_TOKEN = "gh-request-bearer-secret-value-42"
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def make_jwt(**claims: object) -> str:
-    body = {"iss": "https://issuer.example", "sub": "worker", "aud": "aud-1",
-            "iat": NOW, "exp": NOW + 3600}
-    body.update(claims)
-    return jwt.encode(body, KEY, algorithm="HS256")
+    defaults: dict[str, object] = {"iss": "https://issuer.example", "sub": "worker", "aud": "aud-1"}
+    return helpers.make_jwt(3600, now=NOW, **{**defaults, **claims})
 
 
-
-
-def assert_clean(text: str, *secrets: str) -> None:
-    for secret in secrets:
-        assert secret not in text, "a secret leaked into a message or repr"
 
 
 # ----------------------------------------------------------------------------- GitHub
@@ -88,8 +80,8 @@ def test_github_error_mapping(status: int, error: type[Exception]) -> None:
     with pytest.raises(error) as info:
         source.fetch("aud")
     assert f"HTTP {status}" in str(info.value)
-    assert_clean(str(info.value), REQUEST_TOKEN)
-    assert_clean(repr(source), REQUEST_TOKEN)
+    helpers.assert_clean(str(info.value), REQUEST_TOKEN)
+    helpers.assert_clean(repr(source), REQUEST_TOKEN)
 
 
 def test_github_connection_error_is_transient() -> None:

@@ -19,21 +19,14 @@ from keyless.sources import (
     FileTokenSource,
     GitlabTokenSource,
 )
+from tests.core import helpers
 
-KEY = "unit-test-hmac-key-0123456789abcdef"
 NOW = 1_700_000_000
 
 
 def make_jwt(**claims: object) -> str:
-    body = {"iss": "https://issuer.example", "sub": "worker", "aud": "aud-1",
-            "iat": NOW, "exp": NOW + 3600}
-    body.update(claims)
-    return jwt.encode(body, KEY, algorithm="HS256")
-
-
-def assert_clean(text: str, *secrets: str) -> None:
-    for secret in secrets:
-        assert secret not in text, "a secret leaked into a message or repr"
+    defaults: dict[str, object] = {"iss": "https://issuer.example", "sub": "worker", "aud": "aud-1"}
+    return helpers.make_jwt(3600, now=NOW, **{**defaults, **claims})
 
 
 # ----------------------------------------------------------------------------- file
@@ -50,7 +43,7 @@ def test_file_reads_token_and_origin(tmp_path: Path) -> None:
     assert got.expires_at == NOW + 3600
     assert got.origin == f"file:{path}"
     assert source.name == "file"
-    assert_clean(repr(source), token)
+    helpers.assert_clean(repr(source), token)
 
 
 def test_file_is_reread_after_rotation(tmp_path: Path) -> None:
@@ -96,7 +89,7 @@ def test_file_not_a_jwt_does_not_echo_content(tmp_path: Path) -> None:
     path.write_text(content)
     with pytest.raises(SourceMisconfigured) as info:
         FileTokenSource(FileSource(path=str(path))).fetch(None)
-    assert_clean(str(info.value), content)
+    helpers.assert_clean(str(info.value), content)
 
 
 def test_file_directory_is_misconfigured(tmp_path: Path) -> None:
@@ -106,7 +99,7 @@ def test_file_directory_is_misconfigured(tmp_path: Path) -> None:
 
 def test_file_without_exp_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "token"
-    path.write_text(jwt.encode({"sub": "x"}, KEY, algorithm="HS256"))
+    path.write_text(jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256"))
     with pytest.raises(SourceMisconfigured, match="exp"):
         FileTokenSource(FileSource(path=str(path))).fetch(None)
 
@@ -141,8 +134,8 @@ def test_env_bad_value_not_echoed() -> None:
     source = EnvTokenSource(EnvSource(variable="T"), environ={"T": value})
     with pytest.raises(SourceMisconfigured) as info:
         source.fetch(None)
-    assert_clean(str(info.value), value)
-    assert_clean(repr(source), value)
+    helpers.assert_clean(str(info.value), value)
+    helpers.assert_clean(repr(source), value)
 
 
 # ----------------------------------------------------------------------------- gitlab
@@ -223,7 +216,7 @@ def test_command_failure_reports_status_and_stderr_not_stdout() -> None:
     message = str(info.value)
     assert "status 3" in message
     assert "profile dev not found" in message
-    assert_clean(message, token)
+    helpers.assert_clean(message, token)
 
 
 def test_command_failure_hides_token_in_stderr() -> None:
@@ -232,14 +225,14 @@ def test_command_failure_hides_token_in_stderr() -> None:
     with pytest.raises(SourceMisconfigured) as info:
         CommandTokenSource(_command(code), environ={}).fetch(None)
     assert "status 1" in str(info.value)
-    assert_clean(str(info.value), token, token.split(".")[1])
+    helpers.assert_clean(str(info.value), token, token.split(".")[1])
 
 
 def test_command_non_jwt_stdout_not_echoed() -> None:
     secret = "opaque-access-token-1234567890"
     with pytest.raises(SourceMisconfigured) as info:
         CommandTokenSource(_command(f"print({secret!r})"), environ={}).fetch(None)
-    assert_clean(str(info.value), secret)
+    helpers.assert_clean(str(info.value), secret)
 
 
 def test_command_empty_stdout() -> None:
@@ -259,8 +252,8 @@ def test_command_missing_program(tmp_path: Path) -> None:
     source = CommandTokenSource(spec, environ={})
     with pytest.raises(SourceMisconfigured, match="cannot run") as info:
         source.fetch(None)
-    assert_clean(str(info.value), "hunter22")
-    assert_clean(repr(source), "hunter22")
+    helpers.assert_clean(str(info.value), "hunter22")
+    helpers.assert_clean(repr(source), "hunter22")
 
 
 def test_errors_are_keyless_errors_and_pickle(tmp_path: Path) -> None:

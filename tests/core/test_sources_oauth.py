@@ -19,9 +19,9 @@ from keyless.clock import FakeClock
 from keyless.config import ClientCredentialsSource, TokenExchangeSource
 from keyless.errors import SourceMisconfigured, SourceUnavailable
 from keyless.sources import ClientCredentialsTokenSource, TokenExchangeTokenSource, build_source
+from tests.core import helpers
 from tests.core.helpers import Recorder
 
-KEY = "unit-test-hmac-key-0123456789abcdef"
 NOW = 1_700_000_000
 TOKEN_URL = "https://idp.example/oauth/token"
 CLIENT_ID = "svc worker:1"
@@ -30,10 +30,8 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def make_jwt(**claims: object) -> str:
-    body = {"iss": "https://idp.example", "sub": "client", "aud": "aud-1",
-            "iat": NOW, "exp": NOW + 3600}
-    body.update(claims)
-    return jwt.encode(body, KEY, algorithm="HS256")
+    defaults: dict[str, object] = {"iss": "https://idp.example", "sub": "client", "aud": "aud-1"}
+    return helpers.make_jwt(3600, now=NOW, **{**defaults, **claims})
 
 
 
@@ -50,11 +48,6 @@ def token_answer(request: httpx.Request) -> httpx.Response:
     aud = fields.get("resource") or fields.get("audience") or "default"
     return httpx.Response(200, json={"access_token": make_jwt(aud=aud), "token_type": "Bearer",
                                      "expires_in": 3600})
-
-
-def assert_clean(text: str, *secrets: str) -> None:
-    for secret in secrets:
-        assert secret not in text, "a secret leaked into a message or repr"
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +122,7 @@ def test_private_key_jwt_assertion(rsa_pem: tuple[str, rsa.RSAPublicKey]) -> Non
         jtis.append(claims["jti"])
         assert "client_secret" not in fields
     assert len(set(jtis)) == 2 and all(len(j) >= 16 for j in jtis)
-    assert_clean(repr(source), pem.splitlines()[1])
+    helpers.assert_clean(repr(source), pem.splitlines()[1])
 
 
 def test_private_key_jwt_without_kid(rsa_pem: tuple[str, rsa.RSAPublicKey]) -> None:
@@ -146,7 +139,7 @@ def test_bad_private_key_is_misconfigured_without_echo() -> None:
     with pytest.raises(SourceMisconfigured, match="cannot sign") as info:
         ClientCredentialsTokenSource(cc(client_secret=None, private_key=bad),
                                      http=rec.http).fetch(None)
-    assert_clean(str(info.value), "MIIBnotreallyakey")
+    helpers.assert_clean(str(info.value), "MIIBnotreallyakey")
     assert rec.requests == []
 
 
@@ -221,7 +214,7 @@ def test_no_jwt_in_answer_explains_fix() -> None:
     rec = Recorder(lambda r: httpx.Response(200, json={"access_token": opaque}))
     with pytest.raises(SourceMisconfigured, match="JWT access tokens") as info:
         ClientCredentialsTokenSource(cc(), http=rec.http).fetch("a")
-    assert_clean(str(info.value), opaque, CLIENT_SECRET)
+    helpers.assert_clean(str(info.value), opaque, CLIENT_SECRET)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
@@ -229,7 +222,7 @@ def test_transient_statuses(status: int) -> None:
     rec = Recorder(lambda r: httpx.Response(status, json={"error": "temporarily_unavailable"}))
     with pytest.raises(SourceUnavailable, match=f"HTTP {status}") as info:
         ClientCredentialsTokenSource(cc(), http=rec.http).fetch("a")
-    assert_clean(str(info.value), CLIENT_SECRET)
+    helpers.assert_clean(str(info.value), CLIENT_SECRET)
 
 
 @pytest.mark.parametrize("exc", [httpx.ConnectError, httpx.ReadTimeout, httpx.ConnectTimeout,
@@ -253,8 +246,8 @@ def test_invalid_client_quotes_error_with_fix_and_no_secret() -> None:
     assert "invalid_client" in message and "client authentication failed" in message
     assert "client_secret" in message and "client_secret_basic" in message
     assert message.startswith("source client_credentials:")
-    assert_clean(message, CLIENT_SECRET)
-    assert_clean(repr(source), CLIENT_SECRET)
+    helpers.assert_clean(message, CLIENT_SECRET)
+    helpers.assert_clean(repr(source), CLIENT_SECRET)
 
 
 def test_invalid_target_names_the_audience() -> None:
@@ -317,7 +310,7 @@ def test_token_exchange_sends_rfc8693_form(tmp_path: Path) -> None:
         "resource": "urn:res", "scope": "s1 s2"}
     assert request.headers["Authorization"] == "Basic " + base64.b64encode(
         f"exch:{EXCHANGE_SECRET}".encode()).decode()
-    assert_clean(repr(source), subject, actor, EXCHANGE_SECRET)
+    helpers.assert_clean(repr(source), subject, actor, EXCHANGE_SECRET)
 
 
 def test_token_exchange_spec_audience_and_public_client(tmp_path: Path) -> None:
@@ -368,7 +361,7 @@ def test_token_exchange_non_jwt_answer(tmp_path: Path) -> None:
         "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}))
     with pytest.raises(SourceMisconfigured, match="JWT") as info:
         source.fetch("a")
-    assert_clean(str(info.value), "opaque-exchanged-token-value", subject)
+    helpers.assert_clean(str(info.value), "opaque-exchanged-token-value", subject)
 
 
 def test_token_exchange_invalid_grant_never_echoes_subject(tmp_path: Path) -> None:
@@ -381,7 +374,7 @@ def test_token_exchange_invalid_grant_never_echoes_subject(tmp_path: Path) -> No
     with pytest.raises(SourceMisconfigured, match="invalid_grant") as info:
         source.fetch("a")
     assert "iss='https://idp.example'" in str(info.value)  # names the subject's iss
-    assert_clean(str(info.value), subject, subject.split(".")[1], EXCHANGE_SECRET)
+    helpers.assert_clean(str(info.value), subject, subject.split(".")[1], EXCHANGE_SECRET)
 
 
 def test_token_exchange_503_is_transient(tmp_path: Path) -> None:
