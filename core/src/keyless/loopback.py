@@ -9,10 +9,11 @@ import sys
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 from .errors import ConfigError, KeylessError
 
-__all__ = ["LoopbackHttpServer", "is_loopback"]
+__all__ = ["LoopbackHttpServer", "LoopbackService", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -101,3 +102,30 @@ class LoopbackHttpServer:
             raise KeylessError(f"{self.component}: not started; call start() first")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+class LoopbackService:
+    """A component served by one :class:`LoopbackHttpServer` held in ``self._server``:
+    ``start()`` (returns self), ``stop()`` (idempotent), use as a context manager, ``url``."""
+
+    _server: LoopbackHttpServer
+
+    def start(self) -> Self:
+        """Bind (loopback only) and serve in a daemon thread."""
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (idempotent)."""
+        self._server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the running server."""
+        return self._server.url

@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import jwt
 
 from ..clock import Clock, SystemClock
-from ..loopback import LoopbackHttpServer
+from ..loopback import LoopbackHttpServer, LoopbackService
 from ..secret import fingerprint
 
 __all__ = ["GcpSts", "IssuedToken", "gcp_sts_factory"]
@@ -82,7 +82,7 @@ def _api_error(status: int, message: str, code: str) -> _Rejected:
     return _Rejected(status, {"error": {"code": status, "message": message, "status": code}})
 
 
-class GcpSts:
+class GcpSts(LoopbackService):
     """The loopback STS + IAM credentials + storage server; see the module docstring.
 
     ``audience`` is the provider's resource name (``//iam.googleapis.com/projects/N/...``).
@@ -117,24 +117,6 @@ class GcpSts:
         self.expired_uses = 0
         self._server = LoopbackHttpServer(_Handler, component="gcp-sts fixture",
                                           attributes={"sts": self})
-
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> GcpSts:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> GcpSts:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
 
     @property
     def token_url(self) -> str:

@@ -38,7 +38,7 @@ from collections import deque
 from typing import Any
 
 from ..clock import Clock, SystemClock
-from ..loopback import LoopbackHttpServer
+from ..loopback import LoopbackHttpServer, LoopbackService
 from .sts_policy import StsError, TokenVerifier, session_role_policy, trust_allows
 from .sts_wire import (
     FrontHandler,
@@ -88,7 +88,7 @@ class IssuedCredentials:
         )
 
 
-class StsFront:
+class StsFront(LoopbackService):
     """Verifying STS front; start with :meth:`start` (or ``with``), stop with :meth:`stop`.
 
     ``iam``/``sts`` are boto3 clients on moto signed by the bootstrap identity (an IAM user
@@ -127,27 +127,6 @@ class StsFront:
         self._forwarded: deque[dict[str, Any]] = deque(maxlen=10_000)
         self._server = LoopbackHttpServer(FrontHandler, component="sts-front",
                                           attributes={"front": self})
-
-    # ----------------------------------------------------------------- lifecycle
-    def start(self) -> StsFront:
-        """Listen on a free loopback port and serve in a daemon thread."""
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket (idempotent)."""
-        self._server.stop()
-
-    def __enter__(self) -> StsFront:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT`` of the front."""
-        return self._server.url
 
     # ----------------------------------------------------------------- test hooks
     @property
