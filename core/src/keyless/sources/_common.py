@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,6 +29,7 @@ from ..errors import SourceMisconfigured, SourceUnavailable
 
 __all__ = [
     "OAUTH_FIXES",
+    "LazyClient",
     "is_jwt",
     "looks_like_token",
     "oauth_json",
@@ -194,3 +196,20 @@ def _oauth_error(response: httpx.Response) -> tuple[str, str]:
     description = body.get("error_description")
     return (error if isinstance(error, str) else "",
             description if isinstance(description, str) else "")
+
+
+class LazyClient:
+    """A client built once, on first use, by ``factory`` (thread-safe): the one cache of an
+    SDK client a source holds, so that constructing a source never touches the SDK."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        """The client, built by the factory on the first call."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client

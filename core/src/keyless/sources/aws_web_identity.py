@@ -13,13 +13,13 @@ Errors: no ambient credentials, AccessDenied or a validation error ->
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import AwsWebIdentityTokenSource
 from ..errors import SourceMisconfigured, SourceUnavailable
 from ..tokens import SubjectToken
+from ._common import LazyClient
 
 __all__ = ["AwsWebIdentityTokenSourceImpl"]
 
@@ -37,15 +37,10 @@ class AwsWebIdentityTokenSourceImpl:
                  client: Callable[[], Any] | None = None) -> None:
         self.spec = spec
         self._environ = environ
-        self._client_factory = client
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._client = LazyClient(client or self._default_client)
 
     def _sts(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = (self._client_factory or self._default_client)()
-            return self._client
+        return self._client.get()
 
     def _default_client(self) -> Any:
         import os

@@ -11,13 +11,13 @@ or refusing -> :class:`SourceUnavailable` (the refresher retries with backoff).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from ..config import SpiffeSource
 from ..errors import SourceMisconfigured, SourceUnavailable
 from ..tokens import SubjectToken
+from ._common import LazyClient
 
 __all__ = ["SpiffeTokenSource"]
 
@@ -29,15 +29,10 @@ class SpiffeTokenSource:
 
     def __init__(self, spec: SpiffeSource, *, client: Callable[[], Any] | None = None) -> None:
         self.spec = spec
-        self._client_factory = client
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._client = LazyClient(client or self._default_client)
 
     def _workload_api(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = (self._client_factory or self._default_client)()
-            return self._client
+        return self._client.get()
 
     def _default_client(self) -> Any:
         try:
