@@ -117,3 +117,51 @@ def test_shadowing_variables_follow_the_configured_targets(tmp_path: Path) -> No
                     "target": {"aws": {"role_arn": ROLE},
                                "huggingface": {"resource": "org/model"}}})
     assert {"HF_TOKEN", "AWS_ACCESS_KEY_ID"} <= set(shadowing_variables(both))
+
+
+POLICY = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::data/{rank}/*"}]}
+BOUNDARY = {"accessBoundaryRules": [{
+    "availableResource": "//storage.googleapis.com/b",
+    "availablePermissions": ["inRole:roles/storage.objectViewer"]}]}
+
+
+@pytest.mark.parametrize(("aws", "field"), [
+    ({"session_policy": POLICY}, "target.aws.session_policy"),
+    ({"policy_arns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]}, "target.aws.policy_arns"),
+])
+def test_a_narrowed_aws_target_is_never_handed_to_a_child_as_the_whole_role(
+        tmp_path: Path, aws: dict[str, object], field: str) -> None:
+    """AWS_ROLE_ARN + a token file would let the child's botocore assume the role without the
+    session policy; refused naming the field (exec/env/worker_env), left out for Ray nodes."""
+    token_file = tmp_path / "token"
+    token_file.write_text(make_jwt(aud="sts.amazonaws.com"))
+    identity = Keyless(file_config(token_file, **aws))
+    with pytest.raises(ConfigError, match="credential-endpoint") as info:
+        with worker_environment(identity):
+            pass
+    assert info.value.field == field
+    keeper = TokenFileKeeper(identity, TokenDirectory())
+    keeper.write_all()
+    assert "AWS_ROLE_ARN" not in sdk_environment(identity, keeper.files, narrowed="omit")
+    assert "AWS_WEB_IDENTITY_TOKEN_FILE" not in sdk_environment(identity, keeper.files,
+                                                                narrowed="omit")
+
+
+def test_a_gcp_access_boundary_is_never_written_to_an_external_account_file(
+        tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(make_jwt(aud="//iam.googleapis.com/projects/1/pool/p"))
+    identity = Keyless({"source": {"type": "file", "path": str(token_file)}, "target": {"gcp": {
+        "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/"
+                    "p/providers/q", "access_boundary": BOUNDARY}}})
+    with pytest.raises(ConfigError) as info:
+        with worker_environment(identity):
+            pass
+    assert info.value.field == "target.gcp.access_boundary"
+    assert "google_credentials()" in str(info.value)
+    keeper = TokenFileKeeper(identity, TokenDirectory())
+    keeper.write_all()
+    env = sdk_environment(identity, keeper.files, narrowed="omit")
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in env
+    assert not list(keeper.directory.path.glob("gcp-external-account-*.json"))

@@ -131,3 +131,62 @@ def test_serve_credentials_command_serves_until_sigterm(federation: Federation, 
     leak_guard.add(out, err, lines)
     assert proc.returncode == 0, err[-2000:]
     assert not token_file.exists()
+
+
+POLICY_CHILD = r"""
+import json, sys
+import boto3
+from botocore.config import Config
+
+bucket, mine, theirs = sys.argv[1:4]
+s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path"}))
+result = {"mine": s3.get_object(Bucket=bucket, Key=mine)["Body"].read().decode()}
+try:
+    s3.get_object(Bucket=bucket, Key=theirs)
+    result["theirs"] = "read"
+except Exception as exc:
+    result["theirs"] = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+print(json.dumps(result))
+"""
+
+
+def test_a_per_rank_session_policy_reaches_a_child_only_through_the_endpoint(
+        federation: Federation, tmp_path: Path, leak_guard: LeakGuard) -> None:
+    """Web-identity variables would give the child the whole role (no session policy):
+    `keyless exec` refuses naming the field; `--credential-endpoint` serves the narrowed
+    credentials, so the child's plain boto3 reads its own shard and is denied another's."""
+    aws = federation.aws
+    for rank in ("0", "1"):
+        aws.put_object(aws.bucket, f"{federation.prefix}shards/{rank}/part", f"r{rank}".encode())
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": ["s3:GetObject"],
+        "Resource": [f"arn:aws:s3:::{aws.bucket}/{federation.prefix}shards/{{rank}}/*"]}]}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(federation.config(session_name="policy-{rank}",
+                                                     session_policy=policy)))
+    child = tmp_path / "child.py"
+    child.write_text(POLICY_CHILD)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "RANK": "0",
+           "AWS_ENDPOINT_URL_S3": aws.s3_url, "AWS_REGION": aws.region,
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    command = [sys.executable, str(child), aws.bucket, f"{federation.prefix}shards/0/part",
+               f"{federation.prefix}shards/1/part"]
+
+    refused = subprocess.run([sys.executable, "-m", "keyless", "exec", "--config", str(spec),
+                              "--", *command], capture_output=True, text=True, env=env,
+                             timeout=120)
+    leak_guard.add(refused.stdout, refused.stderr)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "target.aws.session_policy" in refused.stderr
+    assert "--credential-endpoint" in refused.stderr
+    assert refused.stdout == ""  # the child never ran
+
+    served = subprocess.run([sys.executable, "-m", "keyless", "exec", "--credential-endpoint",
+                             "--config", str(spec), "--", *command], capture_output=True,
+                            text=True, env=env, timeout=120)
+    leak_guard.add(served.stdout, served.stderr)
+    assert served.returncode == 0, served.stderr[-3000:]
+    report = json.loads(served.stdout.strip().splitlines()[-1])
+    assert report == {"mine": "r0", "theirs": "AccessDenied"}
+    assert {a["session_name"] for a in aws.front.accepted} == {"policy-0"}

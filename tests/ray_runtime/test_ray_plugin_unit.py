@@ -97,6 +97,26 @@ def test_create_is_idempotent_and_context_gets_paths_and_ids_only(tmp_path: Path
     registry.stop_all()
 
 
+def test_a_per_rank_session_policy_keeps_the_role_out_of_the_node_variables(
+        tmp_path: Path) -> None:
+    """The node's variables are shared by every worker: AWS_ROLE_ARN + the token file would
+    let plain boto3 assume the whole role without the rank's session policy, so they are left
+    out; the token file is still kept for the per-rank helpers (manifest)."""
+    registry = NodeRegistry(sleep=lambda _: None)
+    plugin = plugin_for(registry)
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/{rank}/*"}]}
+    env = {"keyless": file_config(tmp_path, session_policy=policy)}
+    uri = plugin.get_uris(env)[0]
+    asyncio.run(plugin.create(uri, env, RuntimeEnvContext(), LOG))
+    context = RuntimeEnvContext()
+    plugin.modify_context([uri], env, context, LOG)
+    assert not {"AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"} & set(context.env_vars)
+    manifest = json.loads(Path(context.env_vars[MANIFEST_VARIABLE]).read_text())
+    assert Path(manifest["targets"]["aws"]).is_file()
+    registry.stop_all()
+
+
 def test_create_runs_off_the_event_loop(tmp_path: Path) -> None:
     """The factory blocks until a coroutine on the agent's loop releases it: that can only
     happen if create awaits the blocking work in an executor."""

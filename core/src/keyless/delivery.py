@@ -3,6 +3,12 @@
 Token files are written atomically (temp file + rename, mode 0600) in a 0700 directory, one
 file per audience, and kept fresh by a background thread driven by the refresher's schedule.
 Environment variables carry only paths, ARNs, ids and session names: never a secret.
+
+The SDKs' own variables cannot carry a per-worker narrowing (an AWS session policy or policy
+ARNs, a GCP credential access boundary): a child that used them would get the whole role. So
+:func:`sdk_environment` refuses such a target (``keyless exec``/``env``, the hosts'
+``worker_env``) or, for a Ray node's shared variables, leaves its variables out; such
+credentials reach a child only through the loopback credential endpoint (AWS) or in-process.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from .errors import ConfigError, KeylessError
 from .files import write_private_file
 from .identity import Keyless
 
 __all__ = ["TokenDirectory", "TokenFileKeeper", "sdk_environment", "worker_environment",
+           "narrowing_fields",
            "STATIC_AWS_VARIABLES", "ENDPOINT_SHADOWED_VARIABLES", "endpoint_environment",
            "SHADOWING_VARIABLES", "shadowing_variables"]
 
@@ -93,10 +101,59 @@ class TokenDirectory:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-def sdk_environment(identity: Keyless, files: dict[str, Path]) -> dict[str, str]:
-    """The SDK-native variables pointing at the token files (paths and ids only)."""
+def narrowing_fields(identity: Keyless) -> dict[str, str]:
+    """Target name -> the config field narrowing its credentials per worker in a way the
+    SDKs' own variables cannot carry (``aws``: session_policy / policy_arns, ``gcp``:
+    access_boundary)."""
+    found: dict[str, str] = {}
+    aws = identity.config.target.aws
+    if aws is not None and aws.session_policy is not None:
+        found["aws"] = "target.aws.session_policy"
+    elif aws is not None and aws.policy_arns:
+        found["aws"] = "target.aws.policy_arns"
+    gcp = identity.config.target.gcp
+    if gcp is not None and gcp.access_boundary is not None:
+        found["gcp"] = "target.gcp.access_boundary"
+    return found
+
+
+_NARROWING_FIXES = {
+    "aws": ("AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE", "use the loopback credential "
+            "endpoint, which serves the narrowed credentials (keyless exec --credential-endpoint, "
+            "keyless_ray.credential_endpoint()), or keyless's own sessions in the process"),
+    "gcp": ("GOOGLE_APPLICATION_CREDENTIALS", "use Keyless(...).google_credentials() in the "
+            "process (it applies the boundary), or give the subprocess a config without "
+            "access_boundary"),
+}
+
+
+def _narrowed(identity: Keyless, target: str,
+              narrowed: Literal["refuse", "omit"]) -> bool:
+    """Whether ``target``'s variables must be left out; raises when ``narrowed="refuse"``."""
+    field = narrowing_fields(identity).get(target)
+    if field is None:
+        return False
+    variables, fix = _NARROWING_FIXES[target]
+    message = (f"delivery: {field} narrows each worker's credentials, and the SDK variables "
+               f"({variables}) cannot carry it: a child using them would get the whole "
+               f"{'role' if target == 'aws' else 'principal'}")
+    if narrowed == "refuse":
+        raise ConfigError(f"{message}; fix: {fix}", field=field)
+    logger.warning("keyless: %s; they are not exported (fix: %s)", message, fix)
+    return True
+
+
+def sdk_environment(identity: Keyless, files: dict[str, Path], *,
+                    narrowed: Literal["refuse", "omit"] = "refuse") -> dict[str, str]:
+    """The SDK-native variables pointing at the token files (paths and ids only).
+
+    A target narrowed per worker (:func:`narrowing_fields`) raises :class:`ConfigError`
+    naming the field (``narrowed="refuse"``), or its variables are left out with a warning
+    (``"omit"``: variables shared by every worker of a Ray node)."""
     env: dict[str, str] = {}
     aws = identity.config.target.aws
+    if aws is not None and _narrowed(identity, "aws", narrowed):
+        aws = None
     if aws is not None:
         exchange = identity.aws()
         env["AWS_WEB_IDENTITY_TOKEN_FILE"] = str(files[identity.resolve_audience(aws.audience)])
@@ -107,6 +164,8 @@ def sdk_environment(identity: Keyless, files: dict[str, Path]) -> dict[str, str]
         if exchange.sts_endpoint_url:
             env["AWS_ENDPOINT_URL_STS"] = exchange.sts_endpoint_url
     gcp = identity.config.target.gcp
+    if gcp is not None and _narrowed(identity, "gcp", narrowed):
+        gcp = None
     if gcp is not None:  # an external_account JSON (0600) next to the token file
         gcp_file = files[identity.resolve_audience(gcp.requested_audience)]
         env["GOOGLE_APPLICATION_CREDENTIALS"] = str(

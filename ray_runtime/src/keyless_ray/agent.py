@@ -220,7 +220,10 @@ class NodeRegistry:
                 directory.path / MANIFEST_NAME,
                 json.dumps(worker_manifest(identity, ident, keeper.files)))
             entry = NodeEntry(ident=ident, keeper=keeper, directory=directory,
-                              manifest=manifest, sdk_env=sdk_environment(identity, keeper.files))
+                              manifest=manifest,
+                              # shared by every worker of the node: a per-worker session
+                              # policy or boundary is left out (helpers apply it per rank)
+                              sdk_env=sdk_environment(identity, keeper.files, narrowed="omit"))
         except BaseException:
             directory.cleanup()
             raise

@@ -186,11 +186,16 @@ class GcpExchange:
         return info
 
     def write_external_account(self, token_file: str | os.PathLike[str]) -> Path:
-        """Write :meth:`external_account_info` atomically (0600) next to ``token_file``."""
+        """Write :meth:`external_account_info` atomically (0600) next to ``token_file``.
+
+        Raises :class:`ConfigError` when an access boundary is configured: an external_account
+        file cannot carry it, and its user would get the undownscoped principal."""
         if self.boundary is not None:
-            logger.warning("gcp: access_boundary cannot be expressed in an external_account file;"
-                           " subprocesses using GOOGLE_APPLICATION_CREDENTIALS get the undownscoped"
-                           " credentials of %s", self.principal)
+            raise ConfigError(
+                "config: target.gcp.access_boundary cannot be expressed in an external_account "
+                "file (GOOGLE_APPLICATION_CREDENTIALS): its user would get the undownscoped "
+                f"credentials of {self.principal}; fix: use Keyless(...).google_credentials() "
+                "in the process", field="target.gcp.access_boundary")
         directory = Path(token_file).parent
         digest = hashlib.sha256(self.target.audience.encode()).hexdigest()[:8]
         final = directory / f"gcp-external-account-{digest}.json"
