@@ -289,3 +289,13 @@ def test_audit_log_pickles(tmp_path: Path) -> None:
     clone.emit(AuditEvent(kind="issue", source="s", target="token", outcome="ok"))
     clone.close()
     assert (tmp_path / "p.jsonl").read_text().count("\n") == 1
+
+
+def test_aws_tags_are_recorded_on_the_exchange_event_not_sent() -> None:
+    """AssumeRoleWithWebIdentity has no Tags parameter: the rendered tags go on the audit
+    event (and its JSON), so the record says what the worker asked to be tagged with."""
+    event = AuditEvent.for_token("exchange", SubjectToken.from_jwt(make_jwt(), "test"),
+                                 source="file", target="aws",
+                                 tags={"team": "ml", "rank": "3"})
+    assert event.to_dict()["tags"] == {"team": "ml", "rank": "3"}
+    assert json.loads(event.to_json())["tags"] == {"team": "ml", "rank": "3"}

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyless import Keyless, KeylessError, TokenRejected, WorkerContext
+from keyless.audit import AuditLog, MemorySink
 from tests.e2e.conftest import Federation, LeakGuard
 from tests.support.faults import FaultProxy
 
@@ -21,8 +22,10 @@ pytestmark = pytest.mark.e2e
 
 def test_client_credentials_to_s3_put_and_get(federation: Federation,
                                               leak_guard: LeakGuard) -> None:
-    identity = Keyless(federation.config(session_name="train-{job_id}-r{rank}"),
-                       context=WorkerContext(job_id="job7", rank="0"))
+    sink = MemorySink()
+    identity = Keyless(federation.config(session_name="train-{job_id}-r{rank}",
+                                         tags={"job": "{job_id}", "rank": "{rank}"}),
+                       context=WorkerContext(job_id="job7", rank="0"), audit=AuditLog([sink]))
     s3 = federation.s3(identity.boto3_session())
     key = federation.prefix + "shard-0.bin"
     s3.put_object(Bucket=federation.aws.bucket, Key=key, Body=b"weights")
@@ -33,6 +36,8 @@ def test_client_credentials_to_s3_put_and_get(federation: Federation,
     assert accepted[0]["sub"] == "trainer" and accepted[0]["aud"] == "sts.amazonaws.com"
     forwarded = federation.aws.front.forwarded
     assert forwarded and all(f["session_name"] == "train-job7-r0" for f in forwarded)
+    exchanges = [e for e in sink.events if e.kind == "exchange" and e.target == "aws"]
+    assert [dict(e.tags) for e in exchanges] == [{"job": "job7", "rank": "0"}]
     leak_guard.forbid(identity.token())
     leak_guard.add(repr(identity), repr(identity.subject_token()), repr(identity.config))
 

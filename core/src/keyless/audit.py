@@ -153,6 +153,8 @@ class AuditEvent:
     error: str | None = None
     error_type: str | None = None
     time: float = 0.0
+    #: Rendered session tags asked for by the config (AWS ``target.aws.tags``), for the record.
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aud", tuple(str(a) for a in self.aud))
@@ -180,6 +182,7 @@ class AuditEvent:
             "error": text(self.error),
             "error_type": self.error_type,
             "time": _iso(self.time),
+            "tags": {redact(k): redact(v) for k, v in self.tags.items()},
         }
 
     def to_json(self) -> str:

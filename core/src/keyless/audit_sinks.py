@@ -392,10 +392,11 @@ class OtelSink:
         record = event.to_dict()
         attributes: dict[str, Any] = {
             f"keyless.{k}": v for k, v in record.items()
-            if k not in ("context", "aud", "time") and v is not None}
+            if k not in ("context", "aud", "time", "tags") and v is not None}
         if record["aud"]:
             attributes["keyless.aud"] = list(record["aud"])
         attributes.update({f"keyless.context.{k}": v for k, v in record["context"].items()})
+        attributes.update({f"keyless.tags.{k}": v for k, v in record["tags"].items()})
         trace.get_current_span().add_event(f"keyless.{event.kind}", attributes=attributes,
                                            timestamp=int(event.time * 1e9) or None)
         labels = {"keyless.target": record["target"], "keyless.source": record["source"]}

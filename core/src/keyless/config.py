@@ -249,7 +249,12 @@ class AwsTarget(_Spec):
     session_policy: str | dict[str, Any] | None = Field(
         default=None, description="Inline session policy (JSON); a template over the context.")
     policy_arns: list[str] = Field(default_factory=list)
-    tags: dict[str, str] = Field(default_factory=dict, description="Session tags; templates.")
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tags for the record (templates), written on each exchange's audit event. "
+                    "AssumeRoleWithWebIdentity takes no Tags parameter: AWS reads session tags "
+                    "(for ABAC) only from the token's https://aws.amazon.com/tags claim, which "
+                    "your IdP must issue.")
     sts_endpoint_url: str | None = Field(
         default=None, description="Default: $AWS_ENDPOINT_URL_STS, else the regional endpoint.")
     audience: str = Field(default="sts.amazonaws.com",

@@ -163,7 +163,7 @@ class AwsExchange:
     def session_tags(self) -> dict[str, str]:
         """The rendered ``tags``. AssumeRoleWithWebIdentity takes no Tags parameter (AWS reads
         session tags from the token's ``https://aws.amazon.com/tags`` claim), so these are
-        recorded in the audit trail, not sent to STS."""
+        recorded on each exchange's audit event (``tags``), not sent to STS."""
         return {key: render_template(value, self.context)
                 for key, value in self.target.tags.items()}
 
@@ -199,7 +199,8 @@ class AwsExchange:
             error = translate_sts_error(exc, role_arn=self.target.role_arn, token=token)
             self._audit.emit(AuditEvent.for_failure(
                 error, source=self._source_name, target="aws", context=self.context.as_dict(),
-                principal=self.target.role_arn, session_name=self.session_name))
+                principal=self.target.role_arn, session_name=self.session_name,
+                tags=self.session_tags()))
             if error is exc:
                 raise
             raise error from None
@@ -209,7 +210,7 @@ class AwsExchange:
             self._audit.emit(AuditEvent.for_token(
                 "exchange", token, source=self._source_name, target="aws",
                 context=self.context.as_dict(), principal=self.target.role_arn,
-                session_name=self.session_name))
+                session_name=self.session_name, tags=self.session_tags()))
         return metadata
 
     def credentials(self) -> Any:
