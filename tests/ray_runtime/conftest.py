@@ -48,6 +48,13 @@ class RayCluster:
         return "\n".join(texts)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run test_ray_quickstart.py first: it starts its own Ray cluster (as the docs tell a new
+    user to), which must be gone before the session's ``ray_cluster`` starts; one Ray cluster
+    at a time on this machine. The sort is stable: every other test keeps its place."""
+    items.sort(key=lambda item: item.path.name != "test_ray_quickstart.py")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(aws_stack: Any) -> Iterator[RayCluster]:
     import ray

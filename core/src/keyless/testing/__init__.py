@@ -6,6 +6,9 @@ beyond keyless itself; each name is imported on first use:
 - :class:`AwsStack` / :class:`MotoServer` (:mod:`keyless.testing.aws`): moto in server mode
   behind :class:`StsFront` (:mod:`keyless.testing.sts_front`), which verifies web-identity
   tokens, trust policies and session policies like AWS before moto sees them;
+- :mod:`keyless.testing.local_federation`: ``python -m keyless.testing.local_federation start
+  --dir DIR`` runs the dev issuer and :class:`AwsStack` in the background for quickstarts
+  (docs/quickstart-ray.md, "Run it locally");
 - :mod:`keyless.testing.pytest_plugin` (needs pytest): the ``aws_stack`` and ``dev_issuer``
   fixtures, with ``pytest_plugins = ["keyless.testing.pytest_plugin"]``.
 
