@@ -52,7 +52,7 @@ def train_loop(config: dict[str, Any]) -> None:
     mlflow.MlflowClient().log_param(config["run_id"], f"rank{rank}_key", config["key"])
     # the sink writes its part and the merged timeline now (it would also at interpreter
     # exit, which a Ray Train worker actor is not promised)
-    keyless_ray.identity("aws").audit.close()
+    keyless_ray.flush_audit()
 
 
 def test_train_ranks_leave_identity_tags_and_timeline_on_the_mlflow_run(

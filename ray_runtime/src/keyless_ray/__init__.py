@@ -19,6 +19,7 @@ from .schema import ray_schema, write_schema
 from .worker import (
     boto3_session,
     credential_endpoint,
+    flush_audit,
     google_credentials,
     identity,
     setup,
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["KeylessPlugin", "MANIFEST_VARIABLE", "MARKER_VARIABLE", "PLUGIN_NAME",
            "PLUGIN_SETTING", "PLUGIN_SPEC", "boto3_session", "credential_endpoint",
-           "google_credentials", "identity", "ray_schema", "setup", "token", "worker_context",
-           "write_schema"]
+           "flush_audit", "google_credentials", "identity", "ray_schema", "setup", "token",
+           "worker_context", "write_schema"]
 
 
 def __getattr__(name: str) -> Any:

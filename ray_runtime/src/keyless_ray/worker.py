@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
     from keyless.credential_server import CredentialServer
 
-__all__ = ["boto3_session", "credential_endpoint", "google_credentials", "identity",
-           "setup", "token", "worker_context"]
+__all__ = ["boto3_session", "credential_endpoint", "flush_audit", "google_credentials",
+           "identity", "setup", "token", "worker_context"]
 
 _lock = threading.Lock()
 _identities: dict[tuple[str, str, WorkerContext], Keyless] = {}
@@ -133,6 +133,17 @@ def identity(target: str | None = "aws", *, audience: str | None = None) -> Keyl
             found = Keyless(_file_config(manifest, target, path), context=context)
             _identities[key] = found
         return found
+
+
+def flush_audit() -> None:
+    """Flush the audit sinks of every identity this worker process built (the MLflow sink
+    writes its tags, this worker's part and the merged timeline now). Call it at the end of a
+    Ray Train loop: a worker actor is not promised an interpreter exit, where it would happen
+    otherwise. Best effort per sink, like :meth:`keyless.audit.AuditLog.close`."""
+    with _lock:
+        identities = list(_identities.values())
+    for found in identities:
+        found.audit.close()
 
 
 def boto3_session() -> boto3.Session:
