@@ -17,7 +17,7 @@ PREFECT_HOME = tempfile.mkdtemp(prefix="keyless-prefect-home-")
 os.environ["PREFECT_HOME"] = PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = "keyless"
-os.environ["PREFECT_UI_ENABLED"] = "false"
+os.environ["PREFECT_UI_ENABLED"] = "false"  # the harness never serves it: prefect_ui.py does
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"  # audit outside a flow run
 
 from collections.abc import Iterator  # noqa: E402

@@ -20,16 +20,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from uuid import UUID
 
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PrivateAttr, model_validator
+from pydantic.json_schema import GenerateJsonSchema
 
 from keyless import ConfigError, Keyless, KeylessConfig, WorkerContext, load_config
 from keyless.config import AmbientSource, AuditSpec, DeliverySpec, RefreshSpec, TargetsSpec
 
-from .fields import BlockSourceSpec
+from .fields import BlockSourceSpec, label_targets
 from .runtime import RunKey, current_run_key, prefect_worker_context
 
 if TYPE_CHECKING:
@@ -144,18 +145,34 @@ class KeylessCredentials(CredentialsBlock):
         "https://pypi.org/project/prefect-keyless/")
 
     source: BlockSourceSpec = Field(
-        default_factory=AmbientSource,
+        default_factory=AmbientSource, title="Source",
         description="Where the OIDC token comes from (`type` picks the kind).")
-    target: TargetsSpec = Field(description="What the token is exchanged for (one or more).")
-    refresh: RefreshSpec = Field(default_factory=RefreshSpec,
+    target: TargetsSpec = Field(
+        title="Target", description="What the token is exchanged for (one or more).")
+    refresh: RefreshSpec = Field(default_factory=RefreshSpec, title="Refresh",
                                  description="When tokens and credentials are refreshed.")
-    audit: AuditSpec = Field(default_factory=AuditSpec, description="Where audit events go.")
-    delivery: DeliverySpec = Field(default_factory=DeliverySpec,
+    audit: AuditSpec = Field(default_factory=AuditSpec, title="Audit",
+                             description="Where audit events go.")
+    delivery: DeliverySpec = Field(default_factory=DeliverySpec, title="Delivery",
                                    description="Token files for subprocesses (worker_env).")
     allow_insecure_http: bool = Field(
         default=False, description="Allow http:// URLs, and only to loopback addresses.")
 
     _cache: _IdentityCache = PrivateAttr(default_factory=_IdentityCache)
+
+    @classmethod
+    def model_json_schema(  # type: ignore[override]  # Block's own (narrower) signature
+        cls,
+        by_alias: bool = True,
+        ref_template: str = "#/definitions/{model}",
+        schema_generator: type[GenerateJsonSchema] = GenerateJsonSchema,
+        mode: Literal["validation", "serialization"] = "validation",
+    ) -> dict[str, Any]:
+        """Prefect's block schema (what the server stores and the UI's form renders), with a
+        label on each target (pydantic gives a field typed by a model no title of its own,
+        so the form would call every target "Field")."""
+        schema = super().model_json_schema(by_alias, ref_template, schema_generator, mode)
+        return label_targets(schema)
 
     # ------------------------------------------------------------------ validation
     @model_validator(mode="before")

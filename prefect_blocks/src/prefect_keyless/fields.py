@@ -11,7 +11,7 @@ chain stays available through a keyless config file (``keyless --config``).
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 from pydantic import ConfigDict, Field
 
@@ -29,7 +29,8 @@ from keyless.config import (
     TokenExchangeSource,
 )
 
-__all__ = ["BlockSourceSpec", "BlockTokenExchangeSource", "LeafSourceSpec"]
+__all__ = ["TARGET_TITLES", "BlockSourceSpec", "BlockTokenExchangeSource", "LeafSourceSpec",
+           "label_targets"]
 
 #: Every source type except ``token_exchange`` (discriminated by ``type``).
 LeafSourceSpec = Annotated[
@@ -67,3 +68,20 @@ BlockSourceSpec = Annotated[
     ],
     Field(discriminator="type"),
 ]
+
+
+#: The label the block's form shows on each target of ``target`` (by field name).
+TARGET_TITLES: dict[str, str] = {
+    "aws": "AWS", "gcp": "GCP", "azure": "Azure", "databricks": "Databricks",
+    "huggingface": "Hugging Face", "oauth2": "OAuth 2.0 token exchange (RFC 8693)"}
+
+
+def label_targets(schema: dict[str, Any]) -> dict[str, Any]:
+    """Give each property of the ``TargetsSpec`` definition in a block's JSON ``schema`` a
+    title from :data:`TARGET_TITLES` (one it already has is kept); returns ``schema``."""
+    definitions = schema.get("definitions") or schema.get("$defs") or {}
+    properties = definitions.get("TargetsSpec", {}).get("properties", {})
+    for name, title in TARGET_TITLES.items():
+        if name in properties:
+            properties[name].setdefault("title", title)
+    return schema
