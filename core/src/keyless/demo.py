@@ -39,6 +39,7 @@ from typing import IO, Any
 from .audit import redact
 from .devissuer import DevClient, DevIssuer
 from .errors import ConfigError, KeylessError
+from .process import terminate
 
 __all__ = ["DemoOptions", "WorkerResult", "run_demo"]
 
@@ -344,13 +345,7 @@ def _run_workers(specs: list[Path], results: list[WorkerResult], directory: Path
                 results[rank].errors.append("did not finish in time")
     finally:
         for proc in procs:  # stop by PID whatever happened
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            terminate(proc)
     for rank, result in enumerate(results):
         if result.exit_code != 0:
             tail = (directory / f"worker-{rank}.stderr").read_text(errors="replace")[-1500:]

@@ -49,6 +49,7 @@ from botocore.config import Config
 
 from ..clock import Clock
 from ..errors import KeylessError
+from ..process import terminate
 from .sts_front import StsFront
 
 __all__ = ["ACCOUNT_ID", "DEFAULT_BUCKET", "AwsStack", "MotoServer"]
@@ -133,13 +134,8 @@ class MotoServer:
     def stop(self) -> None:
         """Terminate the process by PID (kill after 10 s); idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        if proc is not None:
+            terminate(proc)
 
     def __enter__(self) -> MotoServer:
         return self.start()

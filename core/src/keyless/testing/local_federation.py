@@ -45,6 +45,7 @@ import yaml
 
 from ..devissuer import DevClient, DevIssuer
 from ..errors import ConfigError, KeylessError
+from ..process import terminate
 
 __all__ = ["AUDIENCE", "BUCKET", "CLIENT_ID", "ROLE_NAME", "main", "read_state"]
 
@@ -209,23 +210,13 @@ def start(directory: Path, *, token_seconds: float, timeout: float) -> int:
                 break
             time.sleep(0.2)  # polling a child for readiness
     except BaseException:  # Ctrl-C while waiting: do not leave it running unseen
-        _terminate(proc)
+        terminate(proc, 30)
         raise
-    _terminate(proc)
+    terminate(proc, 30)
     tail = log_path.read_text(errors="replace")[-2000:]
     print(f"{_COMPONENT}: did not come up within {timeout:.0f} s (exit {proc.returncode}); "
           f"log tail:\n{tail}", file=sys.stderr)
     return 1
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def stop(directory: Path, *, timeout: float) -> int:
