@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,7 +30,7 @@ import hcl2
 import yaml
 
 from keyless.devissuer import DevIssuer
-from keyless.loopback import LoopbackHttpServer
+from keyless.loopback import LoopbackHttpServer, QuietHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -147,28 +146,18 @@ def local_config(example: Path, destination: Path, token_file: Path | None = Non
 
 
 # ----------------------------------------------------------------------------- GitHub
-class _GithubHandler(BaseHTTPRequestHandler):
+class _GithubHandler(QuietHandler):
     def do_GET(self) -> None:
         owner: GithubOidcEndpoint = self.server.owner  # type: ignore[attr-defined]
         query = parse_qs(urlsplit(self.path).query)
         if self.headers.get("Authorization") != f"Bearer {owner.request_token}":
-            self._answer(401, {"message": "Bad credentials"})
+            self.send_json(401, {"message": "Bad credentials"})
             return
         audience = query.get("audience", [owner.default_audience])[0]
         owner.audiences.append(audience)
         token = owner.issuer.mint(owner.subject, audience, **owner.claims)
-        self._answer(200, {"count": 1, "value": token})
+        self.send_json(200, {"count": 1, "value": token})
 
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
 
 
 class GithubOidcEndpoint:

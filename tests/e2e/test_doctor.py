@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyless import FakeClock
 from keyless.doctor import Check, diagnose
+from keyless.loopback import QuietHandler
 from tests.e2e.conftest import Federation, LeakGuard
 from tests.support.idp import ReferenceIdP
 
@@ -46,7 +47,7 @@ class LoopbackIssuer:
         self.date_offset = 0.0
         issuer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def date_time_string(self, timestamp: float | None = None) -> str:
                 return formatdate(time.time() + issuer.date_offset, usegmt=True)
 
@@ -60,15 +61,7 @@ class LoopbackIssuer:
                 else:
                     self.send_error(404)
                     return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
+                self.send_json(200, body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

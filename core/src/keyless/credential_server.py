@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
-import json
 import logging
 import secrets
 import threading
@@ -52,7 +51,7 @@ from .delivery import TokenDirectory
 from .errors import KeylessError
 from .files import write_private_file
 from .identity import Keyless
-from .loopback import LoopbackHttpServer
+from .loopback import LoopbackHttpServer, QuietHandler
 from .secret import Secret, fingerprint
 
 __all__ = ["CREDENTIALS_PATH", "MAX_MARGIN_SECONDS", "MARGIN_FRACTION", "CredentialServer",
@@ -215,24 +214,12 @@ class CredentialServer:
 
 
 def _handler_for(server: CredentialServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         server_version = "keyless-credentials"
         sys_version = ""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return None  # never log requests (the headers carry the token)
-
-        def _send(self, status: HTTPStatus, body: dict[str, str]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(data)
-
         def _refuse(self, status: HTTPStatus, code: str, message: str) -> None:
-            self._send(status, {"code": code, "message": f"credential-server: {message}"})
+            self.send_json(status, {"code": code, "message": f"credential-server: {message}"})
 
         def do_GET(self) -> None:
             peer = str(self.client_address[0])
@@ -267,7 +254,7 @@ def _handler_for(server: CredentialServer) -> type[BaseHTTPRequestHandler]:
                 self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalError",
                              f"cannot produce credentials ({type(exc).__name__})")
                 return
-            self._send(HTTPStatus.OK, document)
+            self.send_json(HTTPStatus.OK, document)
 
     return Handler
 

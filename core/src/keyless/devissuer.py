@@ -34,7 +34,6 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
@@ -43,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .clock import Clock, SystemClock
 from .errors import ConfigError, KeylessError
-from .loopback import LoopbackHttpServer, is_loopback
+from .loopback import LoopbackHttpServer, QuietHandler, is_loopback
 
 __all__ = ["DevClient", "DevIssuer", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_JWT", "is_loopback"]
 
@@ -343,45 +342,30 @@ def _one(form: Mapping[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     server_version = "keyless-dev-issuer"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: requests carry client secrets and tokens."""
-
-    def _send(self, status: int, body: Mapping[str, Any],
-              headers: Mapping[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Cache-Control", "no-store")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         issuer = self.server.issuer  # type: ignore[attr-defined]
         path = self.path.split("?", 1)[0]
         if path == "/.well-known/openid-configuration":
-            self._send(200, issuer.discovery())
+            self.send_json(200, issuer.discovery())
         elif path == "/jwks":
-            self._send(200, issuer.jwks())
+            self.send_json(200, issuer.jwks())
         else:
-            self._send(404, {"error": "not_found"})
+            self.send_json(404, {"error": "not_found"})
 
     def do_POST(self) -> None:
         issuer = self.server.issuer  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         if self.path.split("?", 1)[0] != "/token":
             self.rfile.read(min(length, _MAX_BODY))
-            self._send(404, {"error": "not_found"})
+            self.send_json(404, {"error": "not_found"})
             return
         if length > _MAX_BODY:
             self.close_connection = True
-            self._send(413, {"error": "invalid_request", "error_description": "body too large"})
+            self.send_json(413, {"error": "invalid_request", "error_description": "body too large"})
             return
         raw = self.rfile.read(length).decode("utf-8", "replace")
         try:
@@ -393,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _OAuthError as exc:
             extra = {"WWW-Authenticate": 'Basic realm="keyless-dev-issuer"'} \
                 if exc.status == 401 else None
-            self._send(exc.status, {"error": exc.error, "error_description": exc.description},
+            self.send_json(exc.status, {"error": exc.error, "error_description": exc.description},
                        extra)
             return
-        self._send(200, answer)
+        self.send_json(200, answer)

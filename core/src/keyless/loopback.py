@@ -4,16 +4,17 @@ fixtures): loopback addresses only, served from a daemon thread, stopped by thei
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import sys
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import Any, Self
 
 from .errors import ConfigError, KeylessError
 
-__all__ = ["LoopbackHttpServer", "LoopbackService", "is_loopback"]
+__all__ = ["LoopbackHttpServer", "LoopbackService", "QuietHandler", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -129,3 +130,29 @@ class LoopbackService:
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` of the running server."""
         return self._server.url
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """Request handler base for keyless's loopback servers: never logs a request (requests
+    carry client secrets and tokens); ``send_json``/``send_bytes`` answer with a body, its
+    length and ``Cache-Control: no-store``."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def send_bytes(self, status: int, data: bytes, content_type: str,
+                   headers: Mapping[str, str] | None = None) -> None:
+        """Answer ``status`` with ``data`` as ``content_type``, plus ``headers``."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Cache-Control", "no-store")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_json(self, status: int, body: Any,
+                  headers: Mapping[str, str] | None = None) -> None:
+        """Answer ``status`` with ``body`` as JSON, plus ``headers``."""
+        self.send_bytes(status, json.dumps(body).encode(), "application/json", headers)

@@ -32,14 +32,13 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import jwt
 
 from ..clock import Clock, SystemClock
-from ..loopback import LoopbackHttpServer, LoopbackService
+from ..loopback import LoopbackHttpServer, LoopbackService, QuietHandler
 from ..secret import fingerprint
 
 __all__ = ["GcpSts", "IssuedToken", "gcp_sts_factory"]
@@ -338,7 +337,7 @@ def _boundary_allows(rules: list[dict[str, Any]], bucket: str, name: str) -> boo
     return False
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
@@ -347,19 +346,13 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, payload = self.server.sts.handle(  # type: ignore[attr-defined]
             self.command, self.path, headers, body)
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        kind = "application/octet-stream" if isinstance(payload, bytes) else "application/json"
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        if isinstance(payload, bytes):
+            self.send_bytes(status, payload, "application/octet-stream")
+        else:
+            self.send_json(status, payload)
 
     do_GET = _serve
     do_POST = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
 
 
 try:
