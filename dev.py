@@ -119,20 +119,21 @@ def ensure_idp() -> None:
 
 
 def ensure_chromium() -> None:
-    """Debian's chromium for the audit timeline's browser test (tests/e2e/test_audit_browser.py):
-    installed with apt-get only when /usr/bin/chromium is missing and we are root; otherwise
-    that test skips and says why."""
+    """Debian's chromium for the browser tests (the audit timeline, tests/e2e/test_audit_browser.py;
+    the Airflow connection form and the Prefect block form through Playwright, which never
+    downloads a browser: tests/support/browser.py): installed with apt-get only when
+    /usr/bin/chromium is missing and we are root; otherwise those tests skip and say why."""
     if Path("/usr/bin/chromium").exists():
         return
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        log("chromium missing and not root with apt-get: the browser test will skip")
+        log("chromium missing and not root with apt-get: the browser tests will skip")
         return
-    log("installing Debian's chromium (apt-get) for the browser test")
+    log("installing Debian's chromium (apt-get) for the browser tests")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     ok = subprocess.run(["apt-get", "update", "-qq"], env=env).returncode == 0 and \
         subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env).returncode == 0
     if not ok:
-        log("apt-get could not install chromium: the browser test will skip")
+        log("apt-get could not install chromium: the browser tests will skip")
 
 
 # host environment -> the package (and examples) `mypy --strict` checks there

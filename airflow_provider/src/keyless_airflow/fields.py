@@ -76,7 +76,7 @@ def _field_schema(prop: Mapping[str, Any]) -> dict[str, Any]:
 
 def _merge(existing: dict[str, Any], new: dict[str, Any]) -> None:
     """Two source types share a field name: one field, enums united, bounds dropped where
-    they differ, the description names every type using it."""
+    they differ, each type's own description kept (see :func:`_describe`)."""
     old, add = existing["schema"], new["schema"]
     if "enum" in old and "enum" in add:
         old["enum"] = list(dict.fromkeys([*old["enum"], *add["enum"]]))
@@ -84,8 +84,7 @@ def _merge(existing: dict[str, Any], new: dict[str, Any]) -> None:
         if old.get(key) != add.get(key):
             old.pop(key, None)
     existing["used_by"].extend(new["used_by"])
-    if not existing.get("text") and new.get("text"):
-        existing["text"] = new["text"]
+    existing["texts"].update(new["texts"])
 
 
 def _source_fields(schema: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -95,7 +94,8 @@ def _source_fields(schema: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             if name == "type":
                 continue
             entry = {"label": prop.get("title", name), "schema": _field_schema(prop),
-                     "text": prop.get("description", ""), "used_by": [type_name]}
+                     "texts": {type_name: prop.get("description", "")},
+                     "used_by": [type_name]}
             if name in fields:
                 _merge(fields[name], entry)
             else:
@@ -103,11 +103,21 @@ def _source_fields(schema: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return fields
 
 
-def _describe(text: str, used_by: list[str], default: Any = None) -> str:
-    parts = [text.strip()] if text.strip() else []
+def _describe(texts: Mapping[str, str], used_by: list[str]) -> str:
+    """A shared field's help text: the one description when every source type using the
+    field says the same, otherwise each description followed by the types it is about (a
+    form user reads what the field means for the type they chose); then the types."""
+    by_text: dict[str, list[str]] = {}
+    for type_name in used_by:
+        text = texts.get(type_name, "").strip()
+        if text:
+            by_text.setdefault(text, []).append(type_name)
+    parts: list[str]
+    if len(by_text) == 1 and len(next(iter(by_text.values()))) == len(used_by):
+        parts = [next(iter(by_text))]
+    else:
+        parts = [f"{text.rstrip('.')} ({', '.join(types)})." for text, types in by_text.items()]
     parts.append("Source " + ", ".join(used_by) + ".")
-    if default is not None:
-        parts.append(f"Default: {default}.")
     return " ".join(parts)
 
 
@@ -129,7 +139,7 @@ def conn_fields() -> dict[str, dict[str, Any]]:
     }
     for name, entry in _source_fields(schema).items():
         fields[name] = {"label": entry["label"], "schema": entry["schema"],
-                        "description": _describe(entry["text"], entry["used_by"])}
+                        "description": _describe(entry["texts"], entry["used_by"])}
     defs = schema["$defs"]
     for name in NESTED_FIELDS:
         ref = schema["properties"][name]["$ref"].rsplit("/", 1)[1]
