@@ -197,8 +197,10 @@ def test_a_forked_child_gets_working_credentials(federation: Federation,
 
 def test_idp_outage_while_credentials_are_valid_fails_no_read(
         federation: Federation, leak_guard: LeakGuard) -> None:
-    """8-second tokens, 4-second sessions: the IdP answers 503 for 3 s, then hangs for 3 s
-    (client timeout 1 s); reads never fail, the token is refreshed after recovery."""
+    """8-second tokens, 4-second sessions: the IdP answers 503 for 2.5 s, then hangs for 2.5 s
+    (client timeout 1 s); reads never fail, the token is refreshed after recovery. The outage
+    starts on a freshly issued token, so it ends (with a hung request's timeout and a backoff)
+    before the token's usable life (8 s less a 0.8 s margin) whatever the set-up took."""
     import httpx
 
     federation.aws.front.max_session_seconds = 4
@@ -209,7 +211,6 @@ def test_idp_outage_while_credentials_are_valid_fails_no_read(
         s3 = federation.s3(identity.boto3_session())
         key = federation.prefix + "outage.txt"
         s3.put_object(Bucket=federation.aws.bucket, Key=key, Body=b"x")
-        first = identity.subject_token().fingerprint
         failures: list[str] = []
         reads = 0
 
@@ -224,11 +225,13 @@ def test_idp_outage_while_credentials_are_valid_fails_no_read(
                     failures.append(f"{type(exc).__name__}: {exc}")
                 time.sleep(0.05)
 
+        identity.token_refresher().refresh_now()  # a full token life for the outage
+        first = identity.subject_token().fingerprint
         proxy.fail_with(503)
-        read_for(3.0)
+        read_for(2.5)
         during_503 = proxy.requests
         proxy.hang(3.0)
-        read_for(3.0)
+        read_for(2.5)
         proxy.passthrough()
         read_for(4.0)
     assert failures == []
