@@ -148,6 +148,23 @@ def choose(group: Locator, member: str, *, shows: str | None = None,
                 raise
 
 
+def search_catalog(page: Page, text: str, *, shows: str, attempts: int = 3) -> None:
+    """Type ``text`` into the block catalog's search box and wait until ``shows`` (e.g.
+    "1 Block") is on the page. The catalog may re-render once while its block types load,
+    emptying an early entry: type again, a bounded number of times."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    box = page.get_by_placeholder("Search blocks")
+    for attempt in range(attempts):
+        box.fill(text)
+        try:
+            page.get_by_text(shows, exact=True).wait_for(timeout=15_000)
+            return
+        except PlaywrightError:
+            if attempt == attempts - 1:
+                raise
+
+
 def type_into(group: Locator, value: str, *, member: str | None = None) -> Locator:
     """Type ``value`` into the group's text box (first choosing the union member ``member``,
     e.g. "str" rather than "None" for an optional string); returns the box."""

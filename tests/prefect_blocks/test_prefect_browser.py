@@ -36,6 +36,7 @@ from tests.prefect_blocks.prefect_ui import (
     choose,
     form_field,
     prefect_ui,
+    search_catalog,
     shown_value,
     type_into,
 )
@@ -132,8 +133,7 @@ def test_a_person_makes_the_block_in_the_ui_and_a_flow_reads_s3_with_it(
         page.goto(f"{ui.url}/")
         page.get_by_role("link", name="Blocks", exact=True).first.click()
         page.locator("a[href$='/blocks/catalog']").first.click()  # the "+" by "Blocks"
-        page.get_by_placeholder("Search blocks").fill("keyless")
-        page.get_by_text("1 Block", exact=True).wait_for()  # the search has narrowed it
+        search_catalog(page, "keyless", shows="1 Block")  # the search has narrowed it
         card = page.locator("[data-slot=card]").filter(has_text="Keyless Credentials")
         screenshot(page, NAME, "1-catalog")
 
