@@ -18,11 +18,12 @@
 - ``stop``: SIGTERM the ``serve`` process named in ``DIR/federation.json`` (after checking that
   the PID is still that process), wait until it has exited, print the sessions it issued.
 
-Files in ``DIR`` (created 0700): ``federation.json`` (endpoints, role ARN, bucket, the PIDs of
-``serve`` and of its moto server; no secret), ``idp.yaml`` (0600: a keyless config whose
-``client_credentials`` source holds the client secret; for ``keyless token``/``keyless doctor``
-and for a ``command`` source on a Ray node), ``uploader.json`` (0600: the upload user's moto
-access key), ``federation.log``. No secret is ever printed or logged.
+Files in ``DIR`` (created 0700; each written atomically, 0600): ``federation.json``
+(endpoints, role ARN, bucket, the PIDs of ``serve`` and of its moto server; no secret),
+``idp.yaml`` (a keyless config whose ``client_credentials`` source holds the client secret; for
+``keyless token``/``keyless doctor`` and for a ``command`` source on a Ray node),
+``uploader.json`` (the upload user's moto access key), ``federation.log``. No secret is ever
+printed or logged.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import yaml
 
 from ..devissuer import DevClient, DevIssuer
 from ..errors import ConfigError, KeylessError
+from ..files import write_private_file
 from ..process import terminate
 
 __all__ = ["AUDIENCE", "BUCKET", "CLIENT_ID", "ROLE_NAME", "main", "read_state"]
@@ -58,15 +60,6 @@ _MODULE = "keyless.testing.local_federation"
 _STATE, _IDP, _UPLOADER_FILE, _LOG = "federation.json", "idp.yaml", "uploader.json", \
     "federation.log"
 _COMPONENT = "local-federation"
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    """Write ``text`` to ``path`` with ``mode`` atomically (a temp file renamed over it)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def read_state(directory: Path) -> dict[str, Any] | None:
@@ -140,20 +133,21 @@ def serve(directory: Path, *, token_seconds: float = 300.0,
             stack.register_oidc_provider(issuer.issuer, [AUDIENCE])
             role_arn = stack.create_role(ROLE_NAME, issuer_url=issuer.issuer, aud=AUDIENCE,
                                          sub=CLIENT_ID, permissions=_permissions(BUCKET))
-            _write(directory / _UPLOADER_FILE, json.dumps(_uploader(stack, BUCKET)), 0o600)
+            write_private_file(directory / _UPLOADER_FILE,
+                               json.dumps(_uploader(stack, BUCKET)))
             idp = {"source": {"type": "client_credentials", "token_url": issuer.token_endpoint,
                               "client_id": client.client_id,
                               "client_secret": client.client_secret, "audience": AUDIENCE},
                    "target": {"aws": {"role_arn": role_arn, "region": stack.region,
                                       "sts_endpoint_url": stack.sts_url}},
                    "allow_insecure_http": True}
-            _write(directory / _IDP, yaml.safe_dump(idp, sort_keys=False), 0o600)
+            write_private_file(directory / _IDP, yaml.safe_dump(idp, sort_keys=False))
             state = {"pid": os.getpid(), "issuer": issuer.issuer, "client_id": CLIENT_ID,
                      "audience": AUDIENCE, "sts_url": stack.sts_url, "s3_url": stack.s3_url,
                      "region": stack.region, "bucket": BUCKET, "role_arn": role_arn,
                      "moto_pid": stack.moto.pid,
                      "idp_config": str((directory / _IDP).resolve())}
-            _write(directory / _STATE, json.dumps(state, indent=2) + "\n", 0o644)
+            write_private_file(directory / _STATE, json.dumps(state, indent=2) + "\n")
             print(f"{_COMPONENT}: ready (pid {os.getpid()}): issuer {issuer.issuer}, STS front "
                   f"{stack.sts_url}, S3 {stack.s3_url}, role {role_arn}", flush=True)
             seen = 0
