@@ -140,7 +140,8 @@ def ensure_chromium() -> None:
 HOST_TYPECHECK: dict[str, list[str]] = {
     "airflow": ["airflow_provider/src/keyless_airflow", "examples/airflow/keyless_dags.py"],
     "prefect": ["prefect_blocks/src/prefect_keyless"],
-    "ray": ["ray_runtime/src/keyless_ray", "examples/github-actions/train_ci.py"],
+    "ray": ["ray_runtime/src/keyless_ray", "examples/github-actions/train_ci.py",
+            "examples/ray/train_job.py", "examples/ray/local_train.py"],
 }
 LINTED = ["core", "tests", "dev.py", "airflow_provider", "prefect_blocks", "ray_runtime",
           "examples", "benchmarks", "docs"]

@@ -147,7 +147,8 @@ def main() -> int:
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=False,
                                      resources_per_worker={"CPU": 0.5}),
-        run_config=RunConfig(name="keyless-quickstart",
+        # mypy sees Ray Train V1's RunConfig; V2 (the default in Ray 2.60) takes worker_runtime_env
+        run_config=RunConfig(name="keyless-quickstart",  # type: ignore[call-arg]
                              storage_path=str((args.federation / "ray_results").resolve()),
                              worker_runtime_env=runtime_env(federation)),
     )
