@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from keyless.process import terminate
+
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
@@ -97,12 +99,7 @@ def prefect_ui(api_url: str, *, timeout: float = 120.0) -> Iterator[PrefectUI]:
             time.sleep(0.5)
         yield ui
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
+        terminate(process, 20)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

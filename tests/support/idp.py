@@ -46,6 +46,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from keyless.process import terminate
+
 __all__ = [
     "DEFAULT_AUDIENCE_ALIASES",
     "IDP_DIR",
@@ -188,13 +190,7 @@ class ReferenceIdP:
         """Terminate the server by PID (kill after 10 s) and remove its temporary files."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            terminate(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
         if self._stderr is not None:

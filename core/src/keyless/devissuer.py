@@ -34,7 +34,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, unquote_plus
 
 import jwt
@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .clock import Clock, SystemClock
 from .errors import ConfigError, KeylessError
-from .loopback import LoopbackHttpServer, QuietHandler, is_loopback
+from .loopback import LoopbackHttpServer, LoopbackService, QuietHandler, is_loopback
 
 __all__ = ["DevClient", "DevIssuer", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_JWT", "is_loopback"]
 
@@ -102,7 +102,7 @@ class _OAuthError(Exception):
         self.error, self.description, self.status = error, description, status
 
 
-class DevIssuer:
+class DevIssuer(LoopbackService):
     """The dev issuer; start with :meth:`start` or ``with DevIssuer(...) as issuer``.
 
     ``clients``: :class:`DevClient` objects, or a mapping of client id to secret.
@@ -144,20 +144,11 @@ class DevIssuer:
                                           attributes={"issuer": self})
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> DevIssuer:
-        """Bind (loopback only) and serve in a daemon thread."""
+    def start(self) -> Self:
+        """Bind (loopback only) and serve in a daemon thread (``stop()``, ``with``: see
+        :class:`~keyless.loopback.LoopbackService`)."""
         self.port = self._server.start().port
         return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket (idempotent)."""
-        self._server.stop()
-
-    def __enter__(self) -> DevIssuer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"DevIssuer(host={self.host!r}, port={self.port}, clients={list(self._clients)!r})"
