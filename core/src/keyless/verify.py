@@ -38,7 +38,7 @@ import jwt
 
 from .clock import Clock, SystemClock
 from .errors import ConfigError, KeylessError, SourceMisconfigured, TokenRejected
-from .sources._common import raise_for_status, safe_url, send
+from .sources._common import json_object, raise_for_status, safe_url, send
 from .sources.base import default_http_client
 
 __all__ = [
@@ -168,11 +168,8 @@ class JwksCache:
         response = send(self.component, self._http(), "GET", url)
         raise_for_status(self.component, response,
                          f"check that {safe_url(url)} is the issuer's {what}")
-        try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict):
+        body = json_object(response)
+        if body is None:
             raise SourceMisconfigured(
                 f"{self.component}: {safe_url(url)} did not answer a JSON object; fix: check "
                 f"that it is the issuer's {what}")

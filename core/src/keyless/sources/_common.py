@@ -15,7 +15,6 @@ Messages name URLs without user-info, query or fragment, and never carry a reque
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +30,7 @@ __all__ = [
     "OAUTH_FIXES",
     "LazyClient",
     "is_jwt",
+    "json_object",
     "looks_like_token",
     "oauth_json",
     "raise_for_status",
@@ -152,6 +152,16 @@ OAUTH_FIXES: Mapping[str, str] = {
 }
 
 
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The response's JSON body when it is an object; None when it is not JSON or not an
+    object (the caller raises its own error naming what it expected)."""
+    try:
+        body = response.json()
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def oauth_json(component: str, response: httpx.Response, *,
                secrets: Iterable[str] = (), fixes: Mapping[str, str] | None = None
                ) -> dict[str, Any]:
@@ -174,11 +184,8 @@ def oauth_json(component: str, response: httpx.Response, *,
                 f"error={scrub(error, secrets)!r}{desc}; fix: {fix}")
     raise_for_status(component, response,
                      "check token_url and the client's registration at the IdP")
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict):
+    body = json_object(response)
+    if body is None:
         raise SourceMisconfigured(
             f"{component}: {where} answered HTTP {status} without a JSON object; "
             "fix: check that token_url is the IdP's token endpoint")
@@ -186,11 +193,8 @@ def oauth_json(component: str, response: httpx.Response, *,
 
 
 def _oauth_error(response: httpx.Response) -> tuple[str, str]:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "", ""
-    if not isinstance(body, dict):
+    body = json_object(response)
+    if body is None:
         return "", ""
     error = body.get("error")
     description = body.get("error_description")

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from ..config import GithubActionsSource, GitlabSource
 from ..errors import SourceMisconfigured
 from ..tokens import SubjectToken
-from ._common import raise_for_status, send
+from ._common import json_object, raise_for_status, send
 from .base import HttpClientFactory, default_http_client
 
 __all__ = ["GithubActionsTokenSource", "GitlabTokenSource"]
@@ -68,11 +68,8 @@ class GithubActionsTokenSource:
                                  "Accept": "application/json; api-version=2.0"})
         raise_for_status(_COMPONENT_GH, response,
                          f"the runner refused the token request: {_PERMISSION_FIX}")
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        value = body.get("value") if isinstance(body, dict) else None
+        body = json_object(response)
+        value = body.get("value") if body is not None else None
         if not isinstance(value, str) or not value:
             raise SourceMisconfigured(
                 f"{_COMPONENT_GH}: the token service's answer has no `value`; fix: check "

@@ -38,7 +38,7 @@ from ..clock import Clock, SystemClock
 from ..config import ClientCredentialsSource
 from ..errors import SourceMisconfigured
 from ..tokens import SubjectToken
-from ._common import is_jwt, oauth_json, raise_for_status, safe_url, send
+from ._common import is_jwt, json_object, oauth_json, raise_for_status, safe_url, send
 from .base import HttpClientFactory, default_http_client
 
 __all__ = ["ASSERTION_LIFETIME", "CLIENT_ASSERTION_TYPE", "ClientCredentialsTokenSource",
@@ -106,11 +106,8 @@ class ClientCredentialsTokenSource:
         raise_for_status(_COMPONENT, response,
                          "check `issuer` (discovery must be at {issuer}/.well-known/"
                          "openid-configuration), or give token_url")
-        try:
-            doc = response.json()
-        except ValueError:
-            doc = None
-        endpoint = doc.get("token_endpoint") if isinstance(doc, dict) else None
+        doc = json_object(response)
+        endpoint = doc.get("token_endpoint") if doc is not None else None
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise SourceMisconfigured(
                 f"{_COMPONENT}: {safe_url(url)} has no usable token_endpoint; fix: give "

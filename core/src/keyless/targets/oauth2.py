@@ -21,7 +21,6 @@ refusal -> ``ExchangeFailed``. Messages quote the server's error scrubbed of any
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -43,7 +42,7 @@ from ..errors import (
 )
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
-from ..sources._common import OAUTH_FIXES, safe_url, scrub, send
+from ..sources._common import OAUTH_FIXES, json_object, safe_url, scrub, send
 from ..tokens import SubjectToken
 
 __all__ = [
@@ -213,7 +212,7 @@ class TokenExchange:
         status = response.status_code
         where = safe_url(self.token_url)
         secrets = (subject.token.reveal(),)
-        body = _json_object(response)
+        body = json_object(response)
         if status == 429 or status >= 500:
             raise ExchangeFailed(f"{self.name}: {where} answered HTTP {status}; transient, "
                                  "retried with backoff", retryable=True)
@@ -265,14 +264,6 @@ class TokenExchange:
 
 def _section(name: str) -> str:
     return "huggingface" if name == "huggingface" else "oauth2"
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 # ----------------------------------------------------------------------------- builders
