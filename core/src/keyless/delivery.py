@@ -22,7 +22,7 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -127,10 +127,11 @@ _NARROWING_FIXES = {
 }
 
 
-def _narrowed(identity: Keyless, target: str,
+def _narrowed(narrowing: Mapping[str, str], target: str,
               narrowed: Literal["refuse", "omit"]) -> bool:
-    """Whether ``target``'s variables must be left out; raises when ``narrowed="refuse"``."""
-    field = narrowing_fields(identity).get(target)
+    """Whether ``target``'s variables must be left out (``narrowing``: :func:`narrowing_fields`);
+    raises when ``narrowed="refuse"``."""
+    field = narrowing.get(target)
     if field is None:
         return False
     variables, fix = _NARROWING_FIXES[target]
@@ -151,8 +152,9 @@ def sdk_environment(identity: Keyless, files: dict[str, Path], *,
     naming the field (``narrowed="refuse"``), or its variables are left out with a warning
     (``"omit"``: variables shared by every worker of a Ray node)."""
     env: dict[str, str] = {}
+    narrowing = narrowing_fields(identity)
     aws = identity.config.target.aws
-    if aws is not None and _narrowed(identity, "aws", narrowed):
+    if aws is not None and _narrowed(narrowing, "aws", narrowed):
         aws = None
     if aws is not None:
         exchange = identity.aws()
@@ -164,7 +166,7 @@ def sdk_environment(identity: Keyless, files: dict[str, Path], *,
         if exchange.sts_endpoint_url:
             env["AWS_ENDPOINT_URL_STS"] = exchange.sts_endpoint_url
     gcp = identity.config.target.gcp
-    if gcp is not None and _narrowed(identity, "gcp", narrowed):
+    if gcp is not None and _narrowed(narrowing, "gcp", narrowed):
         gcp = None
     if gcp is not None:  # an external_account JSON (0600) next to the token file
         gcp_file = files[identity.resolve_audience(gcp.requested_audience)]
