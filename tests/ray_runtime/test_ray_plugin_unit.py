@@ -148,17 +148,23 @@ def idp_config() -> dict[str, Any]:
             "refresh": {"initial_backoff_seconds": 1.0, "max_backoff_seconds": 8.0}}
 
 
-def test_transient_idp_errors_are_retried_with_backoff() -> None:
-    answers = [503, 503, 200]
+def scripted_idp(*answers: tuple[int, str]) -> Recorder:
+    """A token endpoint answering ``(status, error)`` pairs in order (200: a fresh token)."""
+    queue = list(answers)
 
     def respond(request: httpx.Request) -> httpx.Response:
-        status = answers.pop(0)
+        status, error = queue.pop(0)
         if status != 200:
-            return httpx.Response(status, json={"error": "temporarily_unavailable"})
+            return httpx.Response(status, json={"error": error})
         return httpx.Response(200, json={"access_token": make_jwt(aud="sts.amazonaws.com"),
                                          "token_type": "Bearer", "expires_in": 600})
 
-    recorder = Recorder(respond)
+    return Recorder(respond)
+
+
+def test_transient_idp_errors_are_retried_with_backoff() -> None:
+    recorder = scripted_idp((503, "temporarily_unavailable"), (503, "temporarily_unavailable"),
+                            (200, ""))
     sleeps: list[float] = []
     registry = NodeRegistry(identity_factory=lambda c: Keyless(c, http=recorder.http),
                             sleep=sleeps.append)
@@ -170,16 +176,7 @@ def test_transient_idp_errors_are_retried_with_backoff() -> None:
 
 
 def test_a_permanent_idp_error_fails_at_once_and_is_not_cached() -> None:
-    answers = [401, 200]
-
-    def respond(request: httpx.Request) -> httpx.Response:
-        status = answers.pop(0)
-        if status != 200:
-            return httpx.Response(401, json={"error": "invalid_client"})
-        return httpx.Response(200, json={"access_token": make_jwt(aud="sts.amazonaws.com"),
-                                         "token_type": "Bearer", "expires_in": 600})
-
-    recorder = Recorder(respond)
+    recorder = scripted_idp((401, "invalid_client"), (200, ""))
     sleeps: list[float] = []
     registry = NodeRegistry(identity_factory=lambda c: Keyless(c, http=recorder.http),
                             sleep=sleeps.append)
