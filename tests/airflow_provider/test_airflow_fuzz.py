@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from keyless import ConfigError
 from keyless_airflow import config_from_extra
 from keyless_airflow.fields import FLAT_SOURCE_FIELDS
+from tests.support.fuzzing import json_values
 
 SECRET = "s3cr3t-value-never-shown-42"
 GOOD: dict[str, Any] = {
@@ -19,10 +20,7 @@ GOOD: dict[str, Any] = {
     "client_id": "trainer", "client_secret": SECRET,
     "target": {"aws": {"role_arn": "arn:aws:iam::123456789012:role/trainer"}},
 }
-LEAVES = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
-          | st.text(max_size=30) | st.just(SECRET))
-VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=10)
+VALUES = json_values(SECRET)
 KEYS = st.sampled_from(sorted({*FLAT_SOURCE_FIELDS, "source_type", "source", "target", "refresh",
                                "audit", "delivery", "allow_insecure_http",
                                "extra__keyless__client_id", "unknown"}))

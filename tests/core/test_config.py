@@ -231,11 +231,12 @@ BAD: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("unknown sink", {**doc(), "audit": {"sinks": ["otlp"]}}, "audit.sinks.0", ["log"]),
     ("no target at all", {"source": SOURCES["file"], "target": {}}, "target",
      ["at least one target", "aws", "gcp"]),
-    ("target missing", {"source": SOURCES["file"]}, "target", ["required"]),
+    ("target missing", {"source": SOURCES["file"]}, "target",
+     ["missing", "fix: add it", "keyless schema"]),
     ("refresh fraction out of range", {**doc(), "refresh": {"at_fraction": 1.5}},
      "refresh.at_fraction", ["1"]),
     ("wrong type", with_aws(duration_seconds="an hour"), "target.aws.duration_seconds",
-     ["integer"]),
+     ["integer", "fix:", "keyless schema"]),
 ]
 
 

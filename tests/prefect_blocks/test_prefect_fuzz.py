@@ -4,7 +4,6 @@ exception, and the refusal never shows the secret."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from keyless import ConfigError
 from prefect_keyless import KeylessCredentials
+from tests.support.fuzzing import json_values, mutated
 
 SECRET = "block-secret-never-shown-42"
 GOOD: dict[str, Any] = {
@@ -19,33 +19,17 @@ GOOD: dict[str, Any] = {
                "client_id": "trainer", "client_secret": SECRET},
     "target": {"aws": {"role_arn": "arn:aws:iam::123456789012:role/trainer"}},
 }
-LEAVES = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
-          | st.text(max_size=30) | st.just(SECRET))
-VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=10)
-PATHS = st.sampled_from([
+VALUES = json_values(SECRET)
+PATHS: list[tuple[str, ...]] = [
     ("source",), ("source", "type"), ("source", "client_secret"), ("source", "token_url"),
     ("source", "subject"), ("target",), ("target", "aws"), ("target", "aws", "role_arn"),
     ("target", "gcp"), ("refresh",), ("refresh", "at_fraction"), ("audit", "sinks"),
-    ("allow_insecure_http",), ("unknown",)])
+    ("allow_insecure_http",), ("unknown",)]
 
 
 @st.composite
 def documents(draw: st.DrawFn) -> dict[str, Any]:
-    document = copy.deepcopy(GOOD)
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(PATHS)
-        parent: Any = document
-        for key in path[:-1]:
-            if not isinstance(parent, dict):
-                break
-            parent = parent.setdefault(key, {})
-        if isinstance(parent, dict):
-            if draw(st.booleans()):
-                parent.pop(path[-1], None)
-            else:
-                parent[path[-1]] = draw(VALUES)
-    return document
+    return mutated(draw, GOOD, PATHS, VALUES)
 
 
 @settings(max_examples=200, deadline=None)

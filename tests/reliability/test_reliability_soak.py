@@ -4,9 +4,12 @@ client timeout and resets connections, and the verifying STS front throttles and
 
 8-second IdP tokens and 8-second STS sessions make every worker roll its token and its
 credentials every few seconds. Each fault lasts less than the validity a worker is guaranteed
-to hold when it starts (refresh at 0.5 +- 0.1 of the lifetime), so a valid credential always
-remains: the target is zero failed reads. Static AWS keys sit in the environment all along;
-every credential read must be one the front issued (no fallback to a broader chain).
+to hold when it starts: refresh at 0.35 +- 0.1 of the lifetime, the first value too
+(``first_refresh_spread`` 0.1; the default 0.25 would let a first value wait until 0.75 of its
+lifetime, leaving about a second before botocore's mandatory window), so at least 3.6 s remain
+for a 1.5 s fault, a 0.5 s client timeout and the backoffs: the target is zero failed reads.
+Static AWS keys sit in the environment all along; every credential read must be one the front
+issued (no fallback to a broader chain).
 """
 
 from __future__ import annotations
@@ -124,7 +127,9 @@ def test_soak_survives_idp_and_sts_faults_with_no_failed_read(
         def identity(rank: int) -> Keyless:
             config = federation.config("shortlived",
                                        token_url=proxy.rewrite(federation.idp.token_url))
-            config["refresh"] = {"initial_backoff_seconds": 0.2, "max_backoff_seconds": 0.5}
+            config["refresh"] = {"at_fraction": 0.35, "jitter_fraction": 0.1,
+                                 "first_refresh_spread": 0.1,
+                                 "initial_backoff_seconds": 0.2, "max_backoff_seconds": 0.5}
             return Keyless(config, http=lambda: httpx.Client(timeout=0.5),
                            context=WorkerContext(job_id="soak", rank=str(rank)))
 

@@ -504,6 +504,10 @@ def _locate(error: Mapping[str, Any]) -> tuple[str, str]:
     elif error.get("type") == "union_tag_not_found":
         parts.append("type")
         msg = "missing; fix: give `type`, one of " + ", ".join(_SOURCE_TYPES)
+    elif error.get("type") == "missing":
+        msg = "missing; fix: add it (`keyless schema` describes every field)"
+    elif error.get("type") != "value_error" and "fix" not in msg:  # pydantic's own words
+        msg += "; fix: set it as `keyless schema` describes"
     return ".".join(parts), msg
 
 
