@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import random
 from typing import Any
 
@@ -63,3 +64,36 @@ def test_failed_advisory_refresh_backs_off_and_serves_current_credentials() -> N
     sts.fail = False
     now[0] += 61  # past the longest first backoff
     assert credentials.get_frozen_credentials().access_key != first
+
+
+def test_keep_phase_refreshes_at_exactly_at_fraction_and_respreads_after_a_failure() -> None:
+    credentials, sts, now = make(1000.0, RefreshPolicy(keep_phase=True))
+    credentials.get_frozen_credentials()  # the first set: its advisory start is drawn
+    calls: list[float] = []
+    for _ in range(6000):  # 6 lifetimes, a read every second
+        before = sts.calls
+        credentials.get_frozen_credentials()
+        if sts.calls != before:
+            calls.append(now[0])
+        now[0] += 1.0
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    # exactly 0.5 x 1000 s (botocore refreshes once strictly less than the window remains:
+    # the read a second later)
+    assert len(gaps) >= 8 and set(gaps) == {501.0}, gaps
+
+    # a failed advisory refresh: the set fetched after it draws a new phase (wide window)
+    sts.fail = True
+    while sts.calls == len(calls) + 1:
+        credentials.get_frozen_credentials()
+        now[0] += 1.0
+    sts.fail = False
+    recovered = sts.calls
+    while sts.calls == recovered:
+        credentials.get_frozen_credentials()
+        now[0] += 1.0
+    start = now[0] - 1.0
+    while sts.calls == recovered + 1:
+        credentials.get_frozen_credentials()
+        now[0] += 1.0
+    gap = now[0] - 1.0 - start  # a kept phase would be 501 s again
+    assert 250.0 <= gap <= 751.0 and gap != 501.0

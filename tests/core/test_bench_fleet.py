@@ -8,13 +8,15 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import fleet
+from keyless.refresher import RefreshPolicy
 
 SPEC = fleet.FleetSpec(workers=300, nodes=30, hours=4.0)
 
 
 def test_small_fleet_has_no_expired_reads_and_shares_tokens_per_node() -> None:
-    ours, wide, boto, boto900 = fleet.simulate(SPEC)
-    assert ours.reads > 0 and ours.expired_reads == 0 and wide.expired_reads == 0
+    ours, wide, phased, boto, boto900 = fleet.simulate(SPEC)
+    assert ours.reads > 0
+    assert ours.expired_reads == wide.expired_reads == phased.expired_reads == 0
     assert not ours.notes, ours.notes  # no exchange with an expired subject token
     # one IdP call per node per refresh period, one STS call per worker per refresh period
     assert ours.idp.sum() < ours.sts.sum() / 5
@@ -31,6 +33,28 @@ def test_uncoordinated_floor_is_an_even_spread_of_the_given_rate() -> None:
 def test_rows_judge_every_keyless_peak_against_the_limit_or_the_floor() -> None:
     rows, _ = fleet.run(SPEC)
     peaks = [row for row in rows if "peak / even" in row.name]
-    assert len(peaks) == 4
+    assert len(peaks) == 6
     for row in peaks:
         assert "floor" in row.note and row.met is not None
+
+
+
+def _repeating_idp_calls(result: fleet.FleetResult, period: int) -> tuple[int, int]:
+    """(steady IdP calls that repeat one ``period`` (+-1 s) earlier, steady IdP calls)."""
+    start = int(result.spec.lifetime * 1.5)  # past every node's first (wide-window) value
+    calls = result.idp
+    repeated = sum(int(calls[s]) for s in range(start, len(calls))
+                   if calls[s] and calls[s - period - 1:s - period + 2].any())
+    return repeated, int(calls[start:].sum())
+
+
+def test_keep_phase_nodes_call_the_idp_on_a_fixed_period() -> None:
+    """keep_phase: after its first value each node refreshes its subject token every
+    0.5 x lifetime exactly (its phase kept); with per-value jitter the calls wander."""
+    spec = fleet.FleetSpec(workers=40, nodes=10, hours=6.0)
+    period = int(spec.lifetime * 0.5)
+    repeated, total = _repeating_idp_calls(
+        fleet.simulate_keyless(spec, RefreshPolicy(keep_phase=True)), period)
+    assert total > 50 and repeated == total
+    repeated, total = _repeating_idp_calls(fleet.simulate_keyless(spec), period)
+    assert total > 50 and repeated < total / 2

@@ -238,6 +238,42 @@ def test_first_refresh_window_is_clamped_and_configurable() -> None:
     assert info.value.field == "refresh.first_refresh_spread"
 
 
+def test_keep_phase_refreshes_every_later_value_at_exactly_at_fraction() -> None:
+    """keep_phase: the first value draws the phase (wide window), every later value is due at
+    exactly at_fraction (the refresher keeps its phase), and the value fetched after a failed
+    attempt draws a new phase from the wide window."""
+    clock = FakeClock(START)
+    fetch = Fetch(clock, lifetime=1000)
+    r = make(fetch, rng=random.Random(99), policy=RefreshPolicy(keep_phase=True))
+    r.get()
+    first_due = r.next_refresh_at()
+    assert first_due is not None and 0.25 <= (first_due - START) / 1000 <= 0.75
+    for _ in range(20):
+        clock.advance(r.next_refresh_at() - clock.time())  # type: ignore[operator]
+        issued = clock.time()
+        r.get()
+        assert r.next_refresh_at() == issued + 500.0
+    assert RefreshPolicy.from_spec(RefreshSpec(keep_phase=True)).keep_phase
+
+    phases = set()
+    for _ in range(50):  # fail once at the refresh point, then recover after the backoff
+        clock.advance(r.next_refresh_at() - clock.time())  # type: ignore[operator]
+        fetch.fail = ConnectionError("idp down")
+        r.get()  # the stale value is served
+        fetch.fail = None
+        clock.advance(r.next_refresh_at() - clock.time())  # type: ignore[operator]
+        issued = clock.time()
+        r.get()
+        fraction = (r.next_refresh_at() - issued) / 1000  # type: ignore[operator]
+        assert 0.25 <= fraction <= 0.75
+        phases.add(round(fraction, 6))
+        clock.advance(r.next_refresh_at() - clock.time())  # type: ignore[operator]
+        issued = clock.time()
+        r.get()  # a success after a success: exact again
+        assert r.next_refresh_at() == issued + 500.0
+    assert len(phases) > 40 and min(phases) < 0.4 and max(phases) > 0.6
+
+
 def test_due_times_differ_between_instances() -> None:
     clock = FakeClock(START)
     dues = set()

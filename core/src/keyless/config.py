@@ -390,6 +390,14 @@ class RefreshSpec(_Spec):
         description="The first refresh (no previous value) is drawn from at_fraction ± this "
                     "fraction of the lifetime, so a fleet that started together spreads out "
                     "(not with jitter_fraction 0: a deterministic schedule).")
+    keep_phase: bool = Field(
+        default=False,
+        description="Refresh every value after the first at exactly at_fraction of its "
+                    "lifetime, so each refresher keeps the random phase its first value drew "
+                    "(jitter_fraction then only widens that first window); the first value "
+                    "after a failed refresh draws a new phase, so a fleet that recovered from "
+                    "an outage together spreads out again. The lowest peak load for a large "
+                    "fleet with equal lifetimes (see benchmarks/ 3).")
 
 
 def _default_sinks() -> list[Literal["log", "jsonl", "mlflow", "otel"]]:

@@ -14,7 +14,11 @@ credentials) and calls ``fetch`` to renew it. Modelled on botocore's
   past validity: a fleet that started in the same minute spreads over that whole window at
   its first refresh instead of drifting apart by a small jitter over hours. Every later value
   uses ``at_fraction +- jitter_fraction``. ``jitter_fraction: 0`` asks for a deterministic
-  schedule: then the first value is due at ``at_fraction`` too. A value is *valid* until
+  schedule: then the first value is due at ``at_fraction`` too. With ``keep_phase`` every later
+  value is due at exactly ``at_fraction`` (the refresher keeps the phase its first value drew:
+  a fleet's refreshes stay as spread as their first draws instead of random-walking), and the
+  first value after a failed attempt is drawn from the wide window again (a fleet that
+  recovered from an outage at the same moment spreads out again). A value is *valid* until
   ``expires_at - min(expiry_margin_seconds, 0.1 * L)``. A value that arrives already past its
   refresh point (say a file token minted long ago) is due after the same fraction of what is
   left of its validity, so a stale upstream cannot cause a fetch on every call.
@@ -92,6 +96,8 @@ class RefreshPolicy:
     expiry_margin_seconds: float = 30.0
     #: Half-width (fraction of the lifetime) of the window the first refresh is drawn from.
     first_refresh_spread: float = 0.25
+    #: Later values due at exactly ``at_fraction``; a new phase after a failure.
+    keep_phase: bool = False
 
     def __post_init__(self) -> None:
         checks = (
@@ -118,7 +124,8 @@ class RefreshPolicy:
         return cls(at_fraction=spec.at_fraction, jitter_fraction=spec.jitter_fraction,
                    initial_backoff_seconds=spec.initial_backoff_seconds,
                    max_backoff_seconds=spec.max_backoff_seconds,
-                   first_refresh_spread=spec.first_refresh_spread)
+                   first_refresh_spread=spec.first_refresh_spread,
+                   keep_phase=spec.keep_phase)
 
     def backoff_cap(self, failures: int) -> float:
         """Upper bound of the delay after ``failures`` consecutive failures (``failures >= 1``)."""
@@ -127,15 +134,18 @@ class RefreshPolicy:
 
 
 def due_fraction(policy: RefreshPolicy, rng: random.Random, *, first: bool,
-                 valid_fraction: float = 1.0) -> float:
+                 valid_fraction: float = 1.0, after_failure: bool = False) -> float:
     """When a value is due for refresh, as a fraction of its lifetime: wide for the first
     value (``at_fraction ± max(first_refresh_spread, jitter_fraction)``, no earlier than half
     of ``at_fraction``: spreads a fleet that started together), ``at_fraction ±
     jitter_fraction`` afterwards; never past ``valid_fraction``. ``jitter_fraction`` 0 means
-    no randomness at all. Shared by every refreshing cache (the Refresher, the AWS
-    credentials' windows)."""
+    no randomness at all. With ``keep_phase``: exactly ``at_fraction`` after the first value,
+    and wide again for the value fetched ``after_failure`` (the attempt before it failed).
+    Shared by every refreshing cache (the Refresher, the AWS credentials' windows)."""
     at, jitter = policy.at_fraction, policy.jitter_fraction
-    if first:
+    if policy.keep_phase and not first and not after_failure:
+        return min(at, valid_fraction)
+    if first or (policy.keep_phase and after_failure):
         spread = max(policy.first_refresh_spread, jitter) if jitter > 0.0 else 0.0
         low = max(at - spread, at / 2.0)
         high = max(min(at + spread, valid_fraction), low)
@@ -396,7 +406,8 @@ class Refresher(Generic[T]):
     def _due_fraction(self, valid_fraction: float) -> float:
         """The fraction of the lifetime after which the value being published is due."""
         return due_fraction(self.policy, self._rng, first=self._serial == 0,
-                            valid_fraction=valid_fraction)
+                            valid_fraction=valid_fraction,
+                            after_failure=self._backoff is not None)
 
     def _failed(self, exc: Exception, *, force: bool) -> _Outcome[T]:
         """Record a failed upstream call and schedule the next one; serve the stale value

@@ -98,11 +98,13 @@ def _credentials_class() -> type[Any]:
                 self._retry_at = self._now() + self._rng.uniform(0.0, ceiling)
                 raise
             first = self._frozen_credentials is None
+            after_failure = self._failures > 0
             self._failures = 0
             self._retry_at = 0.0
             lifetime = max(parse_timestamp(metadata["expiry_time"]).timestamp() - self._now(), 1.0)
             mandatory = max(min(0.1 * lifetime, 120.0), 0.5)
-            advisory = lifetime * (1.0 - due_fraction(self._policy, self._rng, first=first))
+            advisory = lifetime * (1.0 - due_fraction(self._policy, self._rng, first=first,
+                                                      after_failure=after_failure))
             self._mandatory_refresh_timeout = mandatory
             self._advisory_refresh_timeout = min(max(advisory, mandatory + 0.5), lifetime)
             return metadata
