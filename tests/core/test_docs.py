@@ -16,6 +16,7 @@
    same thing, names that test (which must exist and mention it). A page whose commands a
    dedicated test follows (:data:`PAGES_RUN_BY`) is left to that test. A line covered by
    none of these fails, and so does an entry that no documented line needs any more.
+6. ``docs/troubleshooting.md`` has one row per ``keyless doctor`` check, in the report's order.
 """
 
 from __future__ import annotations
@@ -163,6 +164,15 @@ def _links() -> list[tuple[str, str]]:
                 continue
             found.append((str(page.relative_to(ROOT)), target))
     return found
+
+
+def test_troubleshooting_has_a_row_for_every_doctor_check_in_order() -> None:
+    from keyless.doctor import CHECK_NAMES
+
+    page = (DOCS / "troubleshooting.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z_]+)` \|", page, flags=re.MULTILINE)
+    assert tuple(rows) == CHECK_NAMES, ("docs/troubleshooting.md's check table and "
+                                        "keyless.doctor.CHECK_NAMES differ; fix the table")
 
 
 LINKS = _links()

@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyless import FakeClock
-from keyless.doctor import Check, diagnose
+from keyless.doctor import CHECK_NAMES, Check, diagnose
 from keyless.loopback import QuietHandler
 from tests.e2e.conftest import Federation, LeakGuard
 from tests.support.idp import ReferenceIdP
@@ -144,6 +144,7 @@ def test_a_good_config_passes_including_the_aws_exchange(federation: Federation,
     code, output, _ = doctor(leak_guard, "--config", str(path), "--json")
     report, _ = json.JSONDecoder().raw_decode(output)  # stdout first, then stderr
     assert code == 0 and report["ok"] is True, output
+    assert tuple(c["name"] for c in report["checks"]) == CHECK_NAMES  # each once, in order
     by_name = {c["name"]: c for c in report["checks"]}
     assert {c["status"] for c in report["checks"]} == {"ok"}, output
     assert "sts.amazonaws.com" in by_name["aud"]["detail"]

@@ -48,7 +48,12 @@ from .verify import (
     unverified_parts,
 )
 
-__all__ = ["REFRESH_MARGIN_SECONDS", "Check", "diagnose", "register", "target_audience"]
+__all__ = ["CHECK_NAMES", "REFRESH_MARGIN_SECONDS", "Check", "diagnose", "register",
+           "target_audience"]
+
+#: Every check, in the order a report lists them; docs/troubleshooting.md has a row for each.
+CHECK_NAMES = ("token", "discovery", "clock", "alg", "signature", "iss", "aud", "time",
+               "lifetime", "exchange")
 
 #: Time a token must still have at exchange for a refresh ahead of expiry to be possible
 #: (mandatory refresh window + leeway); a lifetime under twice this is a warning.
