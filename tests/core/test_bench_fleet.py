@@ -38,7 +38,6 @@ def test_rows_judge_every_keyless_peak_against_the_limit_or_the_floor() -> None:
         assert "floor" in row.note and row.met is not None
 
 
-
 def _repeating_idp_calls(result: fleet.FleetResult, period: int) -> tuple[int, int]:
     """(steady IdP calls that repeat one ``period`` (+-1 s) earlier, steady IdP calls)."""
     start = int(result.spec.lifetime * 1.5)  # past every node's first (wide-window) value
