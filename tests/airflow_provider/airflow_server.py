@@ -13,6 +13,7 @@ for a leak scan.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from types import TracebackType
 
 import httpx
 
-__all__ = ["AirflowStandalone", "ServerError", "free_port"]
+__all__ = ["AirflowStandalone", "ServerError", "free_ports"]
 
 #: The port Airflow's worker log server uses by default: nothing here listens on it.
 LOG_SERVER_DEFAULT_PORT = 8793
@@ -35,14 +36,20 @@ class ServerError(RuntimeError):
     """The standalone Airflow did not start (the message ends with its output's tail)."""
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (never the default worker log server port)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (never the default worker log server
+    port). All are held open together while they are picked: ports picked one at a time may
+    repeat (the kernel hands a just-closed ephemeral port out again), and standalone's API
+    server and a log server on the same port leave the API server unable to bind."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port != LOG_SERVER_DEFAULT_PORT:
-            return port
+            if port != LOG_SERVER_DEFAULT_PORT:
+                ports.append(port)
+        return ports
 
 
 class AirflowStandalone:
@@ -53,7 +60,7 @@ class AirflowStandalone:
 
     def __init__(self, home: Path, *, env: dict[str, str] | None = None) -> None:
         self.home = home
-        self.port = free_port()
+        self.port, self._worker_log_port, self._trigger_log_port = free_ports(3)
         self.output = home / "standalone.out"
         self._extra_env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
@@ -82,8 +89,8 @@ class AirflowStandalone:
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__BASE_URL": self.url,
             "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self._worker_log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self._trigger_log_port),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "NO_COLOR": "1",
             "PYTHONUNBUFFERED": "1",
