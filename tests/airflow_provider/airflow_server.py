@@ -13,11 +13,9 @@ for a leak scan.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +24,9 @@ from types import TracebackType
 
 import httpx
 
-__all__ = ["AirflowStandalone", "ServerError", "free_ports"]
+from keyless.testing import free_ports
+
+__all__ = ["AirflowStandalone", "ServerError"]
 
 #: The port Airflow's worker log server uses by default: nothing here listens on it.
 LOG_SERVER_DEFAULT_PORT = 8793
@@ -34,22 +34,6 @@ LOG_SERVER_DEFAULT_PORT = 8793
 
 class ServerError(RuntimeError):
     """The standalone Airflow did not start (the message ends with its output's tail)."""
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (never the default worker log server
-    port). All are held open together while they are picked: ports picked one at a time may
-    repeat (the kernel hands a just-closed ephemeral port out again), and standalone's API
-    server and a log server on the same port leave the API server unable to bind."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        while len(ports) < count:
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-            if port != LOG_SERVER_DEFAULT_PORT:
-                ports.append(port)
-        return ports
 
 
 class AirflowStandalone:
@@ -60,7 +44,10 @@ class AirflowStandalone:
 
     def __init__(self, home: Path, *, env: dict[str, str] | None = None) -> None:
         self.home = home
-        self.port, self._worker_log_port, self._trigger_log_port = free_ports(3)
+        # picked together: ports picked one at a time may repeat, and a log server on the
+        # API server's port leaves standalone's API server unable to bind
+        self.port, self._worker_log_port, self._trigger_log_port = free_ports(
+            3, avoid={LOG_SERVER_DEFAULT_PORT})
         self.output = home / "standalone.out"
         self._extra_env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None

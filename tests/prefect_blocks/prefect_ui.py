@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from keyless.process import terminate
+from keyless.testing import free_ports
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -57,19 +57,12 @@ class PrefectUI:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def prefect_ui(api_url: str, *, timeout: float = 120.0) -> Iterator[PrefectUI]:
     """Serve Prefect's UI on loopback for the API at ``api_url`` until the ``with`` ends."""
     workdir = Path(tempfile.mkdtemp(prefix="keyless-prefect-ui-"))
     output = workdir / "ui.log"
-    port = _free_port()
+    port = free_ports(1)[0]
     env = {**os.environ, "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": api_url,
            "PREFECT_UI_STATIC_DIRECTORY": str(workdir / "static"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

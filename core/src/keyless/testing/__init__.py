@@ -9,6 +9,8 @@ beyond keyless itself; each name is imported on first use:
 - :mod:`keyless.testing.local_federation`: ``python -m keyless.testing.local_federation start
   --dir DIR`` runs the dev issuer and :class:`AwsStack` in the background for quickstarts
   (docs/quickstart-ray.md, "Run it locally");
+- :func:`free_ports` (:mod:`keyless.testing.ports`): distinct free loopback ports for the
+  servers a test starts;
 - :mod:`keyless.testing.pytest_plugin` (needs pytest): the ``aws_stack`` and ``dev_issuer``
   fixtures, with ``pytest_plugins = ["keyless.testing.pytest_plugin"]``.
 
@@ -22,16 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .aws import ACCOUNT_ID, DEFAULT_BUCKET, AwsStack, MotoServer
+    from .ports import free_ports
     from .sts_front import IssuedCredentials, StsFront
     from .sts_policy import StsError, TokenVerifier
 
 __all__ = ["ACCOUNT_ID", "AwsStack", "DEFAULT_BUCKET", "IssuedCredentials", "MotoServer",
-           "StsError", "StsFront", "TokenVerifier"]
+           "StsError", "StsFront", "TokenVerifier", "free_ports"]
 
 _LAZY = {
     "ACCOUNT_ID": "aws", "DEFAULT_BUCKET": "aws", "AwsStack": "aws", "MotoServer": "aws",
     "IssuedCredentials": "sts_front", "StsFront": "sts_front",
-    "StsError": "sts_policy", "TokenVerifier": "sts_policy",
+    "StsError": "sts_policy", "TokenVerifier": "sts_policy", "free_ports": "ports",
 }
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from botocore.config import Config
 from ..clock import Clock
 from ..errors import KeylessError
 from ..process import terminate
+from .ports import free_ports
 from .sts_front import StsFront
 
 __all__ = ["ACCOUNT_ID", "DEFAULT_BUCKET", "AwsStack", "MotoServer"]
@@ -60,12 +60,6 @@ _BOOTSTRAP_USER = "keyless-bootstrap"
 _DUMMY_THUMBPRINT = "0" * 40
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class MotoServer:
     """``python -m moto.server`` on loopback as a subprocess, stopped by its PID.
 
@@ -74,7 +68,7 @@ class MotoServer:
 
     def __init__(self, *, port: int | None = None, region: str = "us-east-1",
                  startup_timeout: float = 60.0) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_ports(1)[0]
         self.region = region
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
