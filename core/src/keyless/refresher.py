@@ -143,13 +143,13 @@ def due_fraction(policy: RefreshPolicy, rng: random.Random, *, first: bool,
     and wide again for the value fetched ``after_failure`` (the attempt before it failed).
     Shared by every refreshing cache (the Refresher, the AWS credentials' windows)."""
     at, jitter = policy.at_fraction, policy.jitter_fraction
-    if policy.keep_phase and not first and not after_failure:
-        return min(at, valid_fraction)
-    if first or (policy.keep_phase and after_failure):
+    if first or (policy.keep_phase and after_failure):  # draw a (new) phase: the wide window
         spread = max(policy.first_refresh_spread, jitter) if jitter > 0.0 else 0.0
         low = max(at - spread, at / 2.0)
         high = max(min(at + spread, valid_fraction), low)
         return rng.uniform(low, high)
+    if policy.keep_phase:  # keep the phase: no per-value jitter
+        return min(at, valid_fraction)
     return min(max(at + rng.uniform(-jitter, jitter), 0.0), valid_fraction, 1.0)
 
 
