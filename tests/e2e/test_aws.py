@@ -175,6 +175,34 @@ def test_snapshots_stay_consistent_across_many_rollovers(federation: Federation,
     assert federation.aws.front.expired_uses == []
 
 
+def test_refreshes_reuse_one_sts_client(federation: Federation, leak_guard: LeakGuard,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's web-identity fetcher asks for a new STS client on every refresh; keyless
+    builds one per process and reuses it (a client costs ~20 ms of CPU: the training-overhead
+    benchmark saw it). A spy on botocore's create_client counts the STS clients built while
+    3-second sessions roll over several times."""
+    import botocore.session
+
+    created: list[str] = []
+    real_create_client = botocore.session.Session.create_client
+
+    def counting_create_client(self: Any, service_name: str, *args: Any, **kwargs: Any) -> Any:
+        created.append(service_name)
+        return real_create_client(self, service_name, *args, **kwargs)
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", counting_create_client)
+    federation.aws.front.max_session_seconds = 3
+    credentials = Keyless(federation.config()).boto3_session().get_credentials()
+    calls_before = federation.aws.front.calls
+    keys = set()
+    deadline = time.monotonic() + 9
+    while time.monotonic() < deadline:
+        keys.add(credentials.get_frozen_credentials().access_key)
+        time.sleep(0.05)
+    assert len(keys) >= 3 and federation.aws.front.calls - calls_before >= 3
+    assert created.count("sts") == 1, created
+
+
 def test_a_forked_child_gets_working_credentials(federation: Federation,
                                                  leak_guard: LeakGuard) -> None:
     identity = Keyless(federation.config())

@@ -13,6 +13,7 @@ back to a broader credential chain.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from collections.abc import Callable, Mapping
@@ -177,18 +178,29 @@ class AwsExchange:
         return token.token.reveal()
 
     def _client_creator(self, botocore_session: Any) -> Callable[..., Any]:
+        """botocore's fetcher asks for a new STS client on every refresh (about 20 ms of CPU
+        each: endpoint resolution, the service model, the handler chain); its arguments never
+        change, so the first client of a process serves every later refresh in it (a forked
+        child builds its own rather than share the parent's connection pool)."""
         from botocore.config import Config
 
         retry = Config(retries={"mode": "standard", "max_attempts": 5},
                        connect_timeout=10, read_timeout=20)
+        clients: dict[tuple[int, str], Any] = {}  # refreshes are serialised by botocore
 
         def create(service_name: str, **kwargs: Any) -> Any:
-            config = kwargs.pop("config", None)
-            merged = retry.merge(config) if config is not None else retry
-            kwargs.setdefault("region_name", self.region)
-            if self.sts_endpoint_url:
-                kwargs.setdefault("endpoint_url", self.sts_endpoint_url)
-            return botocore_session.create_client(service_name, config=merged, **kwargs)
+            key = (os.getpid(), service_name)
+            client = clients.get(key)
+            if client is None:
+                config = kwargs.pop("config", None)
+                merged = retry.merge(config) if config is not None else retry
+                kwargs.setdefault("region_name", self.region)
+                if self.sts_endpoint_url:
+                    kwargs.setdefault("endpoint_url", self.sts_endpoint_url)
+                client = botocore_session.create_client(service_name, config=merged, **kwargs)
+                clients.clear()  # another process's client, if any
+                clients[key] = client
+            return client
 
         return create
 
