@@ -138,7 +138,8 @@ def ensure_chromium() -> None:
 
 # host environment -> the package (and examples) `mypy --strict` checks there
 HOST_TYPECHECK: dict[str, list[str]] = {
-    "airflow": ["airflow_provider/src/keyless_airflow", "examples/airflow/keyless_dags.py"],
+    "airflow": ["airflow_provider/src/keyless_airflow", "examples/airflow/keyless_dags.py",
+                "examples/airflow/keyless_train.py"],
     "prefect": ["prefect_blocks/src/prefect_keyless"],
     "ray": ["ray_runtime/src/keyless_ray", "examples/github-actions/train_ci.py",
             "examples/ray/train_job.py", "examples/ray/local_train.py"],

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.e2e
 
 
 def run_dag(dag_id: str, federation: Federation, config: dict[str, Any], tmp_path: Path,
-            leak_guard: LeakGuard, **env: str) -> str:
-    """Run one example DAG with ``config`` as connection keyless_default; its log text."""
+            leak_guard: LeakGuard, *, script: str = "keyless_dags.py", **env: str) -> str:
+    """Run one example DAG (``python examples/airflow/SCRIPT [DAG_ID]``) with ``config`` as
+    connection keyless_default; its log text."""
     log = tmp_path / f"{dag_id}.log"
     environ = {
         **os.environ, **federation.aws.env(),
@@ -36,7 +37,7 @@ def run_dag(dag_id: str, federation: Federation, config: dict[str, Any], tmp_pat
         "KEYLESS_EXAMPLE_PREFIX": federation.prefix, **env,
     }
     with log.open("w") as out:
-        result = subprocess.run([sys.executable, str(DAGS / "keyless_dags.py"), dag_id],
+        result = subprocess.run([sys.executable, str(DAGS / script), dag_id],
                                 stdout=out, stderr=subprocess.STDOUT, env=environ,
                                 timeout=300, check=False)
     text = log.read_text()
@@ -104,3 +105,70 @@ def test_s3hook_on_an_aws_connection_deferring_to_keyless(
                          for n in names), names
     # put + get made two S3Hook sessions; they share the task's one pipeline: one exchange
     assert len(names) == 1, names
+
+
+def test_a_dag_trains_a_pytorch_model_on_s3_data_across_rollovers(
+        airflow_home: Path, federation: Federation, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    """examples/airflow/keyless_train.py: the training task streams the shards the test wrote
+    (a known linear function) from S3 every epoch for several credential lifetimes (8-second
+    tokens, 4-second sessions), fits the model and writes the checkpoint back; the weights it
+    learned are the test's, so the data really came from S3."""
+    import io
+
+    import torch
+
+    weight, bias = [1.5, 0.5, -2.0, 1.0], -0.5
+    generator = torch.Generator().manual_seed(1)
+    for part in range(2):
+        x = torch.randn(64, 4, generator=generator)
+        y = x @ torch.tensor(weight) + bias
+        lines = [",".join(f"{v:.6f}" for v in [*row.tolist(), target])
+                 for row, target in zip(x, y.tolist(), strict=True)]
+        federation.aws.put_object(federation.aws.bucket,
+                                  f"{federation.prefix}data/part-{part}.csv",
+                                  "\n".join(["x0,x1,x2,x3,y", *lines]))
+    federation.aws.front.max_session_seconds = 4
+    text = run_dag("keyless_train", federation, federation.config("shortlived"), tmp_path,
+                   leak_guard, script="keyless_train.py", KEYLESS_EXAMPLE_EPOCHS="150")
+
+    assert "epoch 149: loss" in text
+    checkpoint = federation.aws.get_object(federation.aws.bucket,
+                                           f"{federation.prefix}checkpoints/linear.pt")
+    state = torch.load(io.BytesIO(checkpoint), weights_only=True)
+    assert torch.allclose(state["weight"].flatten(), torch.tensor(weight), atol=0.02), state
+    assert abs(state["bias"].item() - bias) < 0.02, state
+
+    front = federation.aws.front
+    by_task = {name: [f for f in front.forwarded if f["session_name"].startswith(
+        f"keyless-keyless_train-{name}-")] for name in ("ensure_dataset", "train")}
+    assert by_task["ensure_dataset"], "the dataset task made no S3 call"  # listed, wrote none
+    reads = [f for f in by_task["train"] if f["method"] == "GET"]
+    assert len(reads) >= 150 * 2 and all(f["status"] == 200 for f in by_task["train"])
+    assert [f["method"] for f in by_task["train"]][-1] == "PUT"  # the checkpoint
+    assert len({f["access_key_id"] for f in reads}) >= 2, "no credential rollover in training"
+    assert front.expired_uses == []
+
+
+def test_the_training_dag_makes_its_data_set_in_an_empty_prefix(
+        airflow_home: Path, federation: Federation, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    """On an empty prefix, ensure_dataset writes the synthetic shards (as its own session)
+    and train fits them: the DAG runs as documented on a fresh bucket."""
+    import io
+
+    import torch
+
+    run_dag("keyless_train", federation, federation.config(), tmp_path, leak_guard,
+            script="keyless_train.py", KEYLESS_EXAMPLE_EPOCHS="40")
+
+    listing = federation.aws.client("s3").list_objects_v2(
+        Bucket=federation.aws.bucket, Prefix=f"{federation.prefix}data/")
+    assert len(listing.get("Contents", [])) == 4
+    state = torch.load(io.BytesIO(federation.aws.get_object(
+        federation.aws.bucket, f"{federation.prefix}checkpoints/linear.pt")), weights_only=True)
+    assert torch.allclose(state["weight"].flatten(), torch.tensor([2.0, -1.0, 0.5, 3.0]),
+                          atol=0.05), state
+    puts = {f["session_name"].split("-")[2] for f in federation.aws.front.forwarded
+            if f["method"] == "PUT"}
+    assert puts == {"ensure_dataset", "train"}, puts

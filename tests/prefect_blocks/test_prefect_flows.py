@@ -24,7 +24,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
-from examples.prefect.keyless_flow import read_shards
+from examples.prefect.keyless_flow import read_shards, train_on_shards
 from keyless import sanitize_session_name
 from prefect_keyless import KeylessCredentials
 from tests.e2e.conftest import Federation, LeakGuard
@@ -156,3 +156,48 @@ def test_a_long_task_outlives_several_credential_lifetimes(
     assert sessions == {sanitize_session_name(f"{flow_run_name}-{result['task_run']}")}
     assert result["task_run"] in task_runs.values()
     _check_logs(_api_logs(flow_run_id, leak_guard), task_runs=1)
+
+
+def test_a_flow_trains_a_pytorch_model_on_shards_read_from_s3(
+        prefect_server: PrefectServer, federation: Federation, leak_guard: LeakGuard) -> None:
+    """The example's training flow: each shard loaded by its own task run (its own STS
+    session), a linear model fitted to the rows the test wrote (a known function, so the
+    weights prove the data came from S3) and its checkpoint written back by the training
+    task's own session."""
+    import io
+
+    import torch
+
+    weight, bias = [-1.0, 2.5, 0.75, -0.5], 1.25
+    generator = torch.Generator().manual_seed(2)
+    keys = []
+    for part in range(3):
+        x = torch.randn(48, 4, generator=generator)
+        y = x @ torch.tensor(weight) + bias
+        key = f"{federation.prefix}csv/part-{part}.csv"
+        federation.aws.put_object(federation.aws.bucket, key, "\n".join(
+            ["x0,x1,x2,x3,y", *(",".join(f"{v:.6f}" for v in [*row.tolist(), target])
+                                for row, target in zip(x, y.tolist(), strict=True))]))
+        keys.append(key)
+    block = _save_block(federation, session_name="{job_id}-{task_id}")
+    checkpoint = f"{federation.prefix}checkpoints/linear.pt"
+    result, flow_run_id = _run(train_on_shards, block=block, bucket=federation.aws.bucket,
+                               keys=keys, checkpoint=checkpoint, epochs=60,
+                               endpoint_url=federation.aws.s3_url)
+    flow_run_name, task_runs = _runs(flow_run_id)
+
+    assert result["rows"] == 3 * 48 and result["loss"] < result["first_loss"] / 100, result
+    state = torch.load(io.BytesIO(federation.aws.get_object(federation.aws.bucket, checkpoint)),
+                       weights_only=True)
+    assert torch.allclose(state["weight"].flatten(), torch.tensor(weight), atol=0.02), state
+    assert abs(state["bias"].item() - bias) < 0.02, state
+
+    sessions = {sanitize_session_name(f"{flow_run_name}-{name}") for name in task_runs.values()}
+    assert len(sessions) == 4  # three loaders and the trainer, one session each
+    assert result["session_name"] in sessions
+    forwarded = [f for f in federation.aws.front.forwarded if f["service"] == "s3"]
+    assert {f["session_name"] for f in forwarded} == sessions
+    assert [f["session_name"] for f in forwarded if f["method"] == "PUT"] == \
+        [result["session_name"]]
+    assert all(f["status"] == 200 for f in forwarded)
+    _check_logs(_api_logs(flow_run_id, leak_guard), task_runs=4)
