@@ -3,7 +3,7 @@
     python3 dev.py bench                  # builds .envs/bench, then runs this
     python -m benchmarks.run [--quick]    # from the repository root, in such an environment
 
-``--quick`` runs a smaller fleet (1,000 workers on 100 nodes) and fewer training steps, for a
+``--quick`` runs a smaller fleet (1,000 workers on 100 nodes) and fewer training blocks, for a
 smoke test. Nothing here asserts on time; each row states its target and whether it was met.
 """
 
@@ -28,7 +28,7 @@ SECTIONS = ("hotpath", "singleflight", "training", "coldstart", "verification", 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller fleet, fewer steps")
+    parser.add_argument("--quick", action="store_true", help="smaller fleet, fewer training blocks")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only this section (repeatable); prints the table, writes "
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += flight_rows
             if "training" in only:
                 section("4. training overhead")
-                rows += training.run(fed, steps=2000 if args.quick else 8000,
-                                     pairs=2 if args.quick else 3)
+                rows += training.run(fed, blocks=10 if args.quick else 40)
             if "coldstart" in only:
                 section("5. cold start")
                 rows += coldstart.run(fed)
