@@ -20,6 +20,7 @@ import pytest
 
 from tests.airflow_provider.conftest import DAGS, flat_extra
 from tests.e2e.conftest import Federation, LeakGuard
+from tests.support.training_data import linear_csv_shards
 
 pytestmark = pytest.mark.e2e
 
@@ -119,15 +120,9 @@ def test_a_dag_trains_a_pytorch_model_on_s3_data_across_rollovers(
     import torch
 
     weight, bias = [1.5, 0.5, -2.0, 1.0], -0.5
-    generator = torch.Generator().manual_seed(1)
-    for part in range(2):
-        x = torch.randn(64, 4, generator=generator)
-        y = x @ torch.tensor(weight) + bias
-        lines = [",".join(f"{v:.6f}" for v in [*row.tolist(), target])
-                 for row, target in zip(x, y.tolist(), strict=True)]
+    for part, text in enumerate(linear_csv_shards(weight, bias, shards=2, rows=64, seed=1)):
         federation.aws.put_object(federation.aws.bucket,
-                                  f"{federation.prefix}data/part-{part}.csv",
-                                  "\n".join(["x0,x1,x2,x3,y", *lines]))
+                                  f"{federation.prefix}data/part-{part}.csv", text)
     federation.aws.front.max_session_seconds = 4
     text = run_dag("keyless_train", federation, federation.config("shortlived"), tmp_path,
                    leak_guard, script="keyless_train.py", KEYLESS_EXAMPLE_EPOCHS="150")

@@ -30,6 +30,7 @@ from prefect_keyless import KeylessCredentials
 from tests.e2e.conftest import Federation, LeakGuard
 from tests.prefect_blocks.conftest import PrefectServer
 from tests.prefect_blocks.prefect_flows import long_task_flow, process_pool_flow
+from tests.support.training_data import linear_csv_shards
 
 pytestmark = pytest.mark.e2e
 
@@ -169,16 +170,10 @@ def test_a_flow_trains_a_pytorch_model_on_shards_read_from_s3(
     import torch
 
     weight, bias = [-1.0, 2.5, 0.75, -0.5], 1.25
-    generator = torch.Generator().manual_seed(2)
     keys = []
-    for part in range(3):
-        x = torch.randn(48, 4, generator=generator)
-        y = x @ torch.tensor(weight) + bias
-        key = f"{federation.prefix}csv/part-{part}.csv"
-        federation.aws.put_object(federation.aws.bucket, key, "\n".join(
-            ["x0,x1,x2,x3,y", *(",".join(f"{v:.6f}" for v in [*row.tolist(), target])
-                                for row, target in zip(x, y.tolist(), strict=True))]))
-        keys.append(key)
+    for part, text in enumerate(linear_csv_shards(weight, bias, shards=3, rows=48, seed=2)):
+        keys.append(f"{federation.prefix}csv/part-{part}.csv")
+        federation.aws.put_object(federation.aws.bucket, keys[-1], text)
     block = _save_block(federation, session_name="{job_id}-{task_id}")
     checkpoint = f"{federation.prefix}checkpoints/linear.pt"
     result, flow_run_id = _run(train_on_shards, block=block, bucket=federation.aws.bucket,
