@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -84,8 +85,11 @@ def _credentials_class() -> type[Any]:
             self._rng = rng
             self._failures = 0
             self._retry_at: float = 0.0
+            self._system_clock = time_fetcher is None
 
         def _now(self) -> float:
+            if self._system_clock:  # what botocore's default fetcher reads, without the tz
+                return time.time()
             return float(self._time_fetcher().timestamp())
 
         def _refresh_and_scale(self) -> dict[str, Any]:
@@ -119,11 +123,23 @@ def _credentials_class() -> type[Any]:
                 return self._frozen_credentials, float(self._expiry_time.timestamp())
 
         def refresh_needed(self, refresh_in: float | None = None) -> bool:
-            if self._frozen_credentials is not None and self._retry_at:
-                remaining = self._expiry_time.timestamp() - self._now()
-                if self._now() < self._retry_at and remaining >= self._mandatory_refresh_timeout:
-                    return False
-            return bool(super().refresh_needed(refresh_in))
+            """botocore's test (deferred: nothing fetched yet means a refresh; else whether
+            fewer than ``refresh_in`` seconds remain), in epoch seconds: botocore's own builds
+            ``datetime.now(tzlocal())`` on every call, most of a cached read's cost. Plus the
+            backoff: after a failed advisory refresh, none until ``_retry_at`` unless the
+            mandatory window has begun."""
+            if self._frozen_credentials is None:
+                return True
+            if self._expiry_time is None:
+                return False
+            if refresh_in is None:
+                refresh_in = self._advisory_refresh_timeout
+            now = self._now()
+            remaining = self._expiry_time.timestamp() - now
+            if remaining >= refresh_in:
+                return False
+            return not (self._retry_at and now < self._retry_at
+                        and remaining >= self._mandatory_refresh_timeout)
 
     return ScaledRefreshableCredentials
 
