@@ -32,7 +32,6 @@ def test_example_trust_policies_are_json() -> None:
         assert document["Statement"][0]["Action"] == "sts:AssumeRoleWithWebIdentity"
 
 
-
 def test_kuberay_manifest_is_consistent() -> None:
     """examples/ray/kuberay.yaml: the RayJob's runtime env holds a valid keyless config whose
     file source is the projected service-account token every pod mounts, requested for the
