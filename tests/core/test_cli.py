@@ -30,9 +30,16 @@ target:
   aws:
     role_arn: {ROLE}
     region: us-east-1
-    session_name: "job-{{job_id}}-rank-{{rank}}"
+    session_name: "job-{{job_id}}-task-{{task_id}}"
 """)
     return config, raw
+
+
+def rank_spec(config: Path) -> Path:
+    """The same config with a per-rank session name."""
+    ranked = config.with_name("ranked.yaml")
+    ranked.write_text(config.read_text().replace("task-{task_id}", "rank-{rank}"))
+    return ranked
 
 
 def test_schema_is_the_config_schema(capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +88,23 @@ def test_env_prints_paths_not_tokens(spec: tuple[Path, str], tmp_path: Path,
     env = json.loads(capsys.readouterr().out)
     assert raw not in json.dumps(env)
     assert Path(env["AWS_WEB_IDENTITY_TOKEN_FILE"]).read_text() == raw
-    assert env["AWS_ROLE_SESSION_NAME"] == "job-rank"
+    assert env["AWS_ROLE_SESSION_NAME"] == "job-task"  # empty values collapse
+
+
+def test_env_with_a_rank_template_needs_a_rank(spec: tuple[Path, str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    ranked = rank_spec(spec[0])
+    for name in ("RANK", "KEYLESS_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["-q", "env", "--config", str(ranked), "--format", "json",
+                 "--token-dir", str(tmp_path / "t1")]) == 2
+    err = capsys.readouterr().err
+    assert "target.aws.session_name uses {rank}" in err and "fix:" in err
+    monkeypatch.setenv("RANK", "4")
+    assert main(["-q", "env", "--config", str(ranked), "--format", "json",
+                 "--token-dir", str(tmp_path / "t2")]) == 0
+    assert json.loads(capsys.readouterr().out)["AWS_ROLE_SESSION_NAME"] == "job-rank-4"
 
 
 def test_exec_runs_the_command_with_sdk_env_and_returns_its_status(
@@ -92,7 +115,7 @@ def test_exec_runs_the_command_with_sdk_env_and_returns_its_status(
              " 'dir': stat.S_IMODE(os.stat(os.path.dirname(p)).st_mode),"
              " 'token': open(p).read()})); sys.exit(7)")
     environ = dict(os.environ, AWS_ACCESS_KEY_ID="AKIASTATIC", AWS_SECRET_ACCESS_KEY="static",
-                   KEYLESS_JOB_ID="j1", RANK="2")
+                   KEYLESS_JOB_ID="j1", KEYLESS_TASK_ID="t2")
     result = subprocess.run([sys.executable, "-m", "keyless", "-q", "exec", "--config",
                              str(config), "--", sys.executable, "-c", child],
                             capture_output=True, text=True, env=environ, timeout=120)
@@ -103,10 +126,39 @@ def test_exec_runs_the_command_with_sdk_env_and_returns_its_status(
     env = seen["env"]
     assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["AWS_ROLE_ARN"] == ROLE
-    assert env["AWS_ROLE_SESSION_NAME"] == "job-j1-rank-2"
+    assert env["AWS_ROLE_SESSION_NAME"] == "job-j1-task-t2"
     assert all(raw not in value for value in env.values())
     assert raw not in result.stderr
     assert not Path(env["AWS_WEB_IDENTITY_TOKEN_FILE"]).exists()  # cleaned up after
+
+
+def test_exec_serves_a_rank_template_through_the_endpoint(spec: tuple[Path, str]) -> None:
+    """A per-rank template cannot ride in AWS_ROLE_SESSION_NAME (every rank would get the
+    launcher's rank): exec gives the child the per-process credential endpoint instead."""
+    ranked = rank_spec(spec[0])
+    child = "import json, os; print(json.dumps(dict(os.environ)))"
+    environ = dict(os.environ, RANK="0", AWS_ROLE_ARN="arn:aws:iam::123456789012:role/decoy")
+    result = subprocess.run([sys.executable, "-m", "keyless", "-q", "exec", "--config",
+                             str(ranked), "--", sys.executable, "-c", child],
+                            capture_output=True, text=True, env=environ, timeout=120)
+    assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout)
+    assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"].startswith("http://127.0.0.1:")
+    assert Path(env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).name
+    assert env["KEYLESS_LAUNCH_ID"]
+    for name in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME"):
+        assert name not in env
+    assert not Path(env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).exists()  # removed after
+
+
+@pytest.mark.parametrize(("script", "status"), [
+    ("exit 3", 3), ("kill -TERM $$", 143), ("kill -KILL $$", 137), ("kill -ABRT $$", 134)])
+def test_exec_exits_with_the_commands_status_as_a_shell_does(
+        spec: tuple[Path, str], script: str, status: int) -> None:
+    result = subprocess.run([sys.executable, "-m", "keyless", "-q", "exec", "--config",
+                             str(spec[0]), "--", "bash", "-c", script],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stderr
 
 
 def test_exec_without_a_command_is_bad_usage(spec: tuple[Path, str]) -> None:

@@ -14,9 +14,12 @@ from keyless.context import (
     WorkerContext,
     check_json_template,
     check_template,
+    fields_used,
     render_json_template,
+    render_session_name,
     render_template,
     sanitize_session_name,
+    unresolved_rank_fields,
 )
 from keyless.errors import ConfigError
 
@@ -130,7 +133,68 @@ def test_sanitize_session_name(raw: str, expected: str) -> None:
     assert VALID.match(result)
 
 
-def test_long_session_name_is_cut_to_64() -> None:
+def test_long_session_name_is_cut_to_64_with_a_hash_of_the_whole() -> None:
     result = sanitize_session_name("keyless-" + "x" * 100 + "-rank-3")
+    other = sanitize_session_name("keyless-" + "x" * 100 + "-rank-4")
     assert len(result) == 64 and VALID.match(result)
-    assert sanitize_session_name("a" * 63 + "/" + "b") == "a" * 63
+    assert result != other and result[:55] == other[:55]
+    assert sanitize_session_name("a" * 64) == "a" * 64
+
+
+# ----------------------------------------------------------------------------- per-rank names
+
+LONG = WorkerContext(job_id="nightly_training_pipeline_v2", task_id="train_resnet50_distributed",
+                     run_id="scheduled__2026-12-05T00:00:00+00:00", host="gpu-node-17", pid="4242")
+
+
+def test_long_names_keep_every_rank_distinct_and_visible() -> None:
+    template = "keyless-{job_id}-{task_id}-{run_id}-r{rank}-l{local_rank}-{host}"
+    names = {}
+    for rank in range(8):
+        sent, full = render_session_name(template, LONG.with_values(rank=rank,
+                                                                     local_rank=rank % 4))
+        assert len(sent) <= 64 and VALID.match(sent), sent
+        assert f"-r{rank}-l{rank % 4}-" in sent  # the rank itself stays whole
+        assert len(full) > 64 and f"-r{rank}-" in full
+        names[rank] = sent
+    assert len(set(names.values())) == 8
+
+
+def test_short_names_are_unchanged() -> None:
+    assert render_session_name("job-{rank}", WorkerContext(rank="3")) == ("job-3", "job-3")
+
+
+def test_names_differing_only_past_the_cut_stay_distinct() -> None:
+    one = render_session_name("{job_id}", WorkerContext(job_id="a" * 80 + "1"))[0]
+    two = render_session_name("{job_id}", WorkerContext(job_id="a" * 80 + "2"))[0]
+    assert one != two and len(one) <= 64 and len(two) <= 64
+
+
+def test_a_process_context_comes_from_its_own_environment_not_the_launchers() -> None:
+    launcher = WorkerContext.from_environment({"RANK": "0", "KEYLESS_JOB_ID": "job"})
+    assert launcher.rank == "0"
+    rank = launcher.for_process({"RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1",
+                                 "TORCHELASTIC_RUN_ID": "elastic-7"})
+    assert (rank.rank, rank.local_rank, rank.node, rank.run_id, rank.job_id) == \
+        ("3", "1", "1", "elastic-7", "job")
+    assert rank.pid == launcher.pid  # the launch's pid: a restarted rank keeps its session
+    bare = launcher.for_process({})
+    assert bare.rank == "" and bare.local_rank == ""  # never the launcher's "0"
+    hosted = launcher.with_values(run_id="dag-run").for_process({"TORCHELASTIC_RUN_ID": "x"})
+    assert hosted.run_id == "dag-run"  # the host's run wins
+
+
+def test_torchrun_variables_fill_node_and_run_id() -> None:
+    context = WorkerContext.from_environment({"GROUP_RANK": "2", "TORCHELASTIC_RUN_ID": "r"})
+    assert (context.node, context.run_id) == ("2", "r")
+    context = WorkerContext.from_environment({"GROUP_RANK": "2", "KEYLESS_NODE": "n"})
+    assert context.node == "n"
+
+
+def test_unresolved_rank_fields_name_the_config_field() -> None:
+    templates = {"target.aws.session_name": "job-{job_id}",
+                 "target.aws.session_policy": {"Resource": "b/{local_rank}/*"}}
+    assert unresolved_rank_fields(templates, WorkerContext()) == \
+        [("target.aws.session_policy", "local_rank")]
+    assert unresolved_rank_fields(templates, WorkerContext(local_rank="0")) == []
+    assert fields_used({"a": ["{rank}", "x-{node}"]}) == {"rank", "node"}

@@ -314,10 +314,11 @@ LOCAL_RUNS: dict[str, LocalRun] = {
     "sts.amazonaws.com": LocalRun(
         _token_file, "doctor: all checks passed",
         replace={"https://oidc.example.com": "{issuer}"}, append=("--allow-insecure-http",)),
-    "keyless exec --credential-endpoint --config examples/aws/spec.yaml -- torchrun train.py":
-    LocalRun(
-        _aws_example("examples/aws/spec.yaml"), ":assumed-role/ml-training/",
-        tail=(sys.executable, "-c", _CALLER)),
+    "keyless exec --config examples/aws/spec.yaml -- torchrun --nproc-per-node 2 train.py":
+    LocalRun(  # real torchrun, each rank printing the session it got: its own
+        _aws_example("examples/aws/spec.yaml"), ":assumed-role/ml-training/train-r1",
+        tail=(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+              "--no-python", sys.executable, "-c", _CALLER)),
 }
 
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from google.auth.transport.requests import Request
 
-from keyless import Keyless, KeylessError, load_config
+from keyless import Keyless, KeylessError, WorkerContext, load_config
 from keyless.devissuer import DevIssuer
 from keyless.testing.aws import ACCOUNT_ID
 from tests.core.example_fixtures import (
@@ -107,7 +107,9 @@ def test_aws_trust_conditions_match_the_keyless_config() -> None:
 def _aws_identity(tmp_path: Path, dev_issuer: DevIssuer, sub: str, aud: str) -> Keyless:
     token = tmp_path / f"token-{sub.replace(':', '_')}-{aud.replace('/', '_')}"
     token.write_text(dev_issuer.mint(sub, aud))
-    return Keyless(local_config(AWS / "spec.yaml", tmp_path / f"{token.name}.yaml", token))
+    # the example's session name and policy are per rank: this identity is rank 0's
+    return Keyless(local_config(AWS / "spec.yaml", tmp_path / f"{token.name}.yaml", token),
+                   context=WorkerContext.from_environment({}, rank="0", local_rank="0"))
 
 
 @pytest.mark.parametrize("document", ["trust-policy.json", "main.tf"])

@@ -51,11 +51,12 @@ def test_exec_child_reads_across_three_rollovers(federation: Federation, tmp_pat
     key = federation.prefix + "shard.bin"
     aws.put_object(aws.bucket, key, b"shard")
     spec = tmp_path / "spec.yaml"
-    config = federation.config("shortlived", session_name="exec-{rank}")
+    # a per-worker name the launcher knows (a {rank} template goes through the endpoint)
+    config = federation.config("shortlived", session_name="exec-{job_id}")
     spec.write_text(yaml.safe_dump(config))
     child = tmp_path / "child.py"
     child.write_text(CHILD)
-    env = {**os.environ, **aws.env(), "RANK": "5"}
+    env = {**os.environ, **aws.env(), "KEYLESS_JOB_ID": "5"}
     env.pop("AWS_ENDPOINT_URL_STS")  # keyless exec sets it from the config
     result = subprocess.run(
         [sys.executable, "-m", "keyless", "exec", "--config", str(spec), "--",

@@ -155,6 +155,9 @@ class AuditEvent:
     time: float = 0.0
     #: Rendered session tags asked for by the config (AWS ``target.aws.tags``), for the record.
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: The full rendered session name when ``session_name`` (what STS got) had to be shortened
+    #: to STS's 64 characters.
+    session_name_full: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aud", tuple(str(a) for a in self.aud))
@@ -183,6 +186,7 @@ class AuditEvent:
             "error_type": self.error_type,
             "time": _iso(self.time),
             "tags": {redact(k): redact(v) for k, v in self.tags.items()},
+            "session_name_full": text(self.session_name_full),
         }
 
     def to_json(self) -> str:

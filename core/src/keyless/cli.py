@@ -11,7 +11,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from .config import config_json_schema
 from .errors import ConfigError, KeylessError
 from .identity import Keyless
 
-__all__ = ["COMMAND_MODULES", "main"]
+__all__ = ["COMMAND_MODULES", "FORWARDED_SIGNALS", "exit_status", "main"]
 
 #: Modules that add a subcommand: each has ``register(subparsers)``, which adds its parser and
 #: sets ``handler=<callable(args) -> int>`` with ``parser.set_defaults``.
@@ -55,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, metavar="FILE")
     run.add_argument("--token-dir", default=None, metavar="DIR")
     run.add_argument("--credential-endpoint", action="store_true",
-                     help="give CMD a loopback AWS credential endpoint instead of web identity")
+                     help="give CMD a loopback AWS credential endpoint instead of web identity "
+                          "(automatic when the AWS target differs per rank or worker: a "
+                          "session policy, policy ARNs, {rank} {local_rank} {node} templates)")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
     sub.add_parser("schema", help="print the config's JSON schema")
@@ -106,8 +107,24 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Signals ``keyless exec`` passes on to its command (torchrun's SIGTERM reaches the ranks).
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+
+
+def exit_status(returncode: int, received: int | None = None) -> int:
+    """A command's status as a shell reports it: its exit code, or 128 + N for a death by
+    signal N. When keyless itself was sent a terminating signal ``received`` (and passed it
+    on), a failed command gives 128 + ``received``, as a shell that was killed would."""
+    if returncode < 0:
+        return 128 - returncode
+    if received is not None and returncode != 0:
+        return 128 + received
+    return returncode
+
+
 def _cmd_exec(args: argparse.Namespace) -> int:
-    from .delivery import ENDPOINT_SHADOWED_VARIABLES, shadowing_variables, worker_environment
+    from .child import child_environment
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -118,32 +135,30 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         return 2
     identity = Keyless(args.config)
     audit = identity.audit  # built now: a missing audit extra fails before the child starts
-    dropped = shadowing_variables(identity)
-    environment = worker_environment(identity, args.token_dir)
-    if args.credential_endpoint:
-        from .credential_server import credential_endpoint_environment
-
-        dropped += ENDPOINT_SHADOWED_VARIABLES
-        environment = credential_endpoint_environment(identity, args.token_dir)
-    with environment as extra:
-        child_env = {k: v for k, v in os.environ.items() if k not in dropped}
-        child_env.update(extra)
+    received: list[int] = []
+    with child_environment(identity, token_dir=args.token_dir,
+                           credential_endpoint=args.credential_endpoint,
+                           expect_start=True) as child_env:
         try:
-            child = subprocess.Popen(argv, env=child_env)
+            child = subprocess.Popen(argv, env=child_env.env)
         except OSError as exc:
             print(f"keyless exec: cannot run {argv[0]!r}: {exc.strerror}", file=sys.stderr)
             return 127
+        child_env.started(child.pid)
 
         def forward(signum: int, _frame: FrameType | None) -> None:
+            if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                received.append(signum)
             child.send_signal(signum)
 
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
         try:
-            return child.wait()
+            returncode = child.wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             audit.close()  # flush sinks that write at the end (MLflow artifacts)
+    return exit_status(returncode, received[0] if received else None)
 
 
 def _cmd_schema(_args: argparse.Namespace) -> int:

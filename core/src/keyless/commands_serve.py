@@ -2,7 +2,9 @@
 
 Prints the two variables a consumer needs (``export AWS_CONTAINER_CREDENTIALS_FULL_URI=...``
 and ``export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=...``: a URL and a path, never the token),
-then serves until SIGINT or SIGTERM, and removes its token file on the way out.
+then serves until SIGINT or SIGTERM, and removes its token file on the way out. Each calling
+process of this OS user is served its own identity (its ``RANK``, ``LOCAL_RANK``, ``GROUP_RANK``:
+ranks that ``torchrun`` starts each get theirs); other users' processes get 403.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .credential_server import CredentialServer
     from .delivery import TokenDirectory
     from .identity import Keyless
+    from .launch import Launch
 
     identity = Keyless(args.config)
     identity.aws()  # a config without target.aws fails here, before binding
@@ -48,8 +51,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with CredentialServer(identity, host=args.host, port=args.port,
-                              token_dir=directory) as server:
+        with CredentialServer(identity, host=args.host, port=args.port, token_dir=directory,
+                              launch=Launch(launch_id=None)) as server:
             for key, value in sorted(server.env().items()):
                 print(f"export {key}={shlex.quote(value)}")
             sys.stdout.flush()

@@ -1,12 +1,20 @@
 """Who this worker is: the context that per-worker templates are filled from.
 
 Templates use ``str.format`` placeholders over :data:`TEMPLATE_FIELDS`; an unknown placeholder
-is a config error, an unknown value renders as an empty string.
+is a config error. An unknown value renders as an empty string, except that a template the
+config writes with a rank field (:data:`RANK_FIELDS`) is refused for a worker that has no rank
+(:func:`unresolved_rank_fields`): a per-rank policy must never be rendered for "no rank".
+
+Under ``torchrun`` the rank lives in each rank's own process (``RANK``, ``LOCAL_RANK``,
+``GROUP_RANK``, ``TORCHELASTIC_RUN_ID``): :meth:`WorkerContext.for_process` builds the context
+of another process from its environment (the loopback credential endpoint serves each calling
+rank its own identity that way), never from the launcher's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -25,11 +33,21 @@ __all__ = [
     "render_json_template",
     "render_template",
     "sanitize_session_name",
+    "RANK_FIELDS",
+    "STS_SESSION_NAME_MAX",
+    "fields_used",
+    "render_session_name",
+    "unresolved_rank_fields",
 ]
 
 TEMPLATE_FIELDS: tuple[str, ...] = (
     "job_id", "task_id", "run_id", "rank", "local_rank", "node", "pid", "host",
 )
+#: Fields a template cannot do without once it names them: a per-rank policy rendered for an
+#: empty rank would be another policy (:func:`unresolved_rank_fields`).
+RANK_FIELDS: tuple[str, ...] = ("rank", "local_rank")
+#: STS's limit on RoleSessionName.
+STS_SESSION_NAME_MAX = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,21 +67,31 @@ class WorkerContext:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None,
                          **overrides: str) -> WorkerContext:
-        """The context this process can see: torchrun's ``RANK``/``LOCAL_RANK``, ``KEYLESS_*``
-        overrides (``KEYLESS_JOB_ID`` ...), the pid and the host name."""
+        """The context this process can see: ``KEYLESS_*`` overrides (``KEYLESS_JOB_ID`` ...),
+        else torchrun's ``RANK``, ``LOCAL_RANK``, ``GROUP_RANK`` (node) and
+        ``TORCHELASTIC_RUN_ID`` (run id); the pid and the host name."""
         env = os.environ if environ is None else environ
         values = {
             "job_id": env.get("KEYLESS_JOB_ID", ""),
             "task_id": env.get("KEYLESS_TASK_ID", ""),
-            "run_id": env.get("KEYLESS_RUN_ID", ""),
-            "rank": env.get("KEYLESS_RANK", env.get("RANK", "")),
-            "local_rank": env.get("KEYLESS_LOCAL_RANK", env.get("LOCAL_RANK", "")),
-            "node": env.get("KEYLESS_NODE", ""),
-            "pid": str(os.getpid()),
             "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            **_process_values(env),
         }
         values.update({k: str(v) for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def for_process(self, environ: Mapping[str, str]) -> WorkerContext:
+        """The context of another process of this launch (a rank ``torchrun`` started), from
+        that process's own environment: its rank, local rank and node (``GROUP_RANK``); the
+        run id is this context's (the host's run) or else the process's
+        (``TORCHELASTIC_RUN_ID``). Job, task, host and pid stay this context's (the pid is the
+        launch's, so a restarted rank, or a CLI its rank runs, keeps the rank's session). A
+        rank field the process does not have is empty, never this (the launcher's) value."""
+        values = _process_values(environ)
+        return dataclasses.replace(
+            self, rank=values["rank"], local_rank=values["local_rank"],
+            node=values["node"] or self.node, run_id=self.run_id or values["run_id"])
 
     def with_values(self, **values: object) -> WorkerContext:
         """A copy with some fields replaced (values are turned into strings)."""
@@ -72,6 +100,16 @@ class WorkerContext:
 
     def as_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
+
+
+def _process_values(env: Mapping[str, str]) -> dict[str, str]:
+    """rank, local_rank, node and run_id as a process's environment gives them."""
+    return {
+        "rank": env.get("KEYLESS_RANK", env.get("RANK", "")),
+        "local_rank": env.get("KEYLESS_LOCAL_RANK", env.get("LOCAL_RANK", "")),
+        "node": env.get("KEYLESS_NODE", env.get("GROUP_RANK", "")),
+        "run_id": env.get("KEYLESS_RUN_ID", env.get("TORCHELASTIC_RUN_ID", "")),
+    }
 
 
 def check_template(template: str, field: str) -> None:
@@ -88,6 +126,24 @@ def check_template(template: str, field: str) -> None:
             allowed = " ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
             raise ConfigError(f"config: {field}: unknown placeholder {{{name}}}; allowed: "
                               f"{allowed}", field=field)
+
+
+def fields_used(template: str | Mapping[str, Any]) -> set[str]:
+    """The context fields a (checked) template or JSON template names."""
+    document = _as_json_document(template)
+    leaves = [str(template)] if document is None else \
+        [leaf for _, leaf in _string_leaves(document, "")]
+    return {name for leaf in leaves for _, name, _, _ in string.Formatter().parse(leaf)
+            if name}
+
+
+def unresolved_rank_fields(templates: Mapping[str, str | Mapping[str, Any]],
+                           context: WorkerContext) -> list[tuple[str, str]]:
+    """``(config field, context field)`` for each template (config field -> template) that
+    names a :data:`RANK_FIELDS` field this context has no value for."""
+    values = context.as_dict()
+    return [(field, name) for field, template in templates.items()
+            for name in RANK_FIELDS if name in fields_used(template) and not values[name]]
 
 
 def render_template(template: str, context: WorkerContext) -> str:
@@ -158,15 +214,56 @@ def render_json_template(value: str | Mapping[str, Any], context: WorkerContext)
 _INVALID = re.compile(r"[^\w+=,.@-]", re.ASCII)
 
 
+def _clean_session_name(name: str) -> str:
+    cleaned = _INVALID.sub("-", name)
+    return re.sub(r"-{2,}", "-", cleaned).strip("-.")
+
+
 def sanitize_session_name(name: str) -> str:
     """Make ``name`` a valid STS RoleSessionName: 2-64 chars of ``[\\w+=,.@-]``.
 
     Invalid characters become ``-``, runs of separators left by empty placeholders collapse,
-    the result is cut to 64 and padded to 2.
+    the result is padded to 2. A longer name keeps its first 55 characters and ends with ``-``
+    and 8 hex of the sha256 of the whole name, so two long names that differ anywhere (say
+    only in the rank at their end) stay distinct. :func:`session_name` does better for a
+    template: it shortens the long values and keeps the rank itself.
     """
-    cleaned = _INVALID.sub("-", name)
-    cleaned = re.sub(r"-{2,}", "-", cleaned).strip("-.")
-    cleaned = cleaned[:64].rstrip("-")
+    cleaned = _clean_session_name(name)
+    if len(cleaned) > STS_SESSION_NAME_MAX:
+        digest = hashlib.sha256(cleaned.encode()).hexdigest()[:8]
+        cleaned = cleaned[:STS_SESSION_NAME_MAX - 9].rstrip("-.") + "-" + digest
     if len(cleaned) < 2:
         cleaned = (cleaned + "-keyless")[:64] if cleaned else "keyless"
     return cleaned
+
+
+#: Fields shortened first when a rendered session name is too long (the per-process fields
+#: are kept whole: they are what tells the ranks apart).
+_SHORTENED_FIRST = ("run_id", "task_id", "job_id", "host")
+
+
+def render_session_name(template: str, context: WorkerContext) -> tuple[str, str]:
+    """``(name sent to STS, full name)`` for a session-name template; the full name is the
+    rendered one, sanitised but not shortened (the same as the sent one when it fits).
+
+    When the sanitised name is over STS's 64 characters, the longest of the run, task, job and
+    host values is shortened, one character at a time, until the name plus ``-`` and 8 hex of
+    the sha256 of the full name fits: the rank, local rank, node and pid stay whole, so
+    CloudTrail still names the rank, and the hash keeps any two full names apart. (A template
+    whose own text is too long falls back to :func:`sanitize_session_name`'s cut.)
+    """
+    full = _clean_session_name(render_template(template, context))
+    sent = sanitize_session_name(full)
+    if len(full) <= STS_SESSION_NAME_MAX:
+        return sent, sent
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    values = context.as_dict()
+    budget = STS_SESSION_NAME_MAX - 9
+    while True:
+        candidate = _clean_session_name(render_template(template, WorkerContext(**values)))
+        if len(candidate) <= budget:
+            return f"{candidate}-{digest}", full
+        longest = max(_SHORTENED_FIRST, key=lambda name: len(values[name]))
+        if not values[longest]:
+            return sent, full
+        values[longest] = values[longest][:-1]

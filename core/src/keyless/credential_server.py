@@ -17,6 +17,14 @@ Contract of ``GET /v1/credentials`` (:data:`CREDENTIALS_PATH`):
 * 500 ``{"code", "message"}`` when keyless cannot produce credentials: the message is a
   keyless error message (secret-free by contract) or just an exception type name.
 
+With a :class:`~keyless.launch.Launch` (``keyless exec``, the hosts' ``worker_env()``,
+``serve-credentials``), each connection's process is identified (on Linux, the TCP peer's pid
+through ``/proc``): a process of another OS user, or outside the launch, gets 403 and nothing
+else; the others get credentials rendered for their own worker context (``RANK``,
+``LOCAL_RANK``, ``GROUP_RANK`` from their own environment), built lazily per distinct STS
+request, so each rank ``torchrun`` starts has its own session name and session policy. A
+config template needing a rank the caller does not have gets 403 naming the field.
+
 ``Expiration`` is reported a safety margin **before** the real one: the AWS C++ SDK (pyarrow)
 fetches again only when less than 5 s remain before the ``Expiration`` it was given (or every
 5 minutes), and botocore's container provider refreshes 15/10 minutes before it. The margin is
@@ -47,10 +55,12 @@ from pathlib import Path
 from typing import Any
 
 from .audit import AuditEvent
+from .context import WorkerContext
 from .delivery import TokenDirectory
-from .errors import KeylessError
+from .errors import ConfigError, KeylessError
 from .files import write_private_file
 from .identity import Keyless
+from .launch import CallerRefused, Launch
 from .loopback import LoopbackHttpServer, QuietHandler
 from .secret import Secret, fingerprint
 
@@ -128,11 +138,15 @@ class CredentialServer:
     :class:`ConfigError`. ``port=0`` picks a free port. The authorization token is written
     0600 into ``token_dir`` on :meth:`start` and removed on :meth:`stop`. ``credentials``
     (tests) replaces ``identity.aws().credentials()``: any botocore ``RefreshableCredentials``.
+    ``launch`` makes it serve each calling process of that launch its own identity (module
+    docstring); without one every authorized caller gets ``identity``'s own.
     """
 
     def __init__(self, identity: Keyless, *, host: str = "127.0.0.1", port: int = 0,
-                 token_dir: TokenDirectory, credentials: Any = None) -> None:
+                 token_dir: TokenDirectory, credentials: Any = None,
+                 launch: Launch | None = None) -> None:
         self.identity = identity
+        self.launch = launch
         self.host = host
         self.port = port
         self.token_dir = token_dir
@@ -142,7 +156,7 @@ class CredentialServer:
                                         host=host, port=port)
         self.host = self._http.host
         self._lock = threading.Lock()
-        self._last_served: str | None = None
+        self._last_served: dict[str, str] = {}  # session name -> last served key fingerprint
         self.token_file: Path = token_dir.path / TOKEN_FILE_NAME
         self.served_sets = 0
 
@@ -186,31 +200,49 @@ class CredentialServer:
             return False
         return hmac.compare_digest(header.strip().encode(), self._token.reveal().encode())
 
-    def credentials_document(self) -> dict[str, str]:
-        """The container-credentials JSON for the current credential set (may refresh)."""
+    def caller_context(self, client: tuple[str, int],
+                       server: tuple[str, int]) -> WorkerContext | None:
+        """The worker context to serve the connection ``client`` -> ``server`` (None: this
+        identity's own); raises :class:`CallerRefused` for a process not of the launch."""
+        if self.launch is None:
+            return None
+        return self.launch.caller(client, server, self.identity.context)
+
+    def credentials_document(self, context: WorkerContext | None = None) -> dict[str, str]:
+        """The container-credentials JSON for the current credential set of ``context``'s
+        exchange (default: this identity's own); may refresh."""
         credentials = self._credentials
+        exchange = None
         if credentials is None:
-            credentials = self.identity.aws().credentials()
+            exchange = self.identity.aws(context)
+            credentials = exchange.credentials()
         snap = snapshot(credentials)
         now = self.identity.clock.time()
-        self._note_served(snap)
+        self._note_served(snap, exchange.session_name if exchange is not None else None,
+                          context or self.identity.context)
         return {"AccessKeyId": snap.access_key, "SecretAccessKey": snap.secret_key.reveal(),
                 "Token": snap.token.reveal(),
                 "Expiration": _iso8601(served_expiration(snap.expires_at, now))}
 
-    def _note_served(self, snap: CredentialSnapshot) -> None:
+    def _note_served(self, snap: CredentialSnapshot, session_name: str | None,
+                     context: WorkerContext) -> None:
         key_fingerprint = fingerprint(snap.access_key)
         with self._lock:
-            if self._last_served == key_fingerprint:
+            if self._last_served.get(session_name or "") == key_fingerprint:
                 return
-            self._last_served = key_fingerprint
+            self._last_served[session_name or ""] = key_fingerprint
             self.served_sets += 1
         aws = self.identity.config.target.aws
         self.identity.audit.emit(AuditEvent(
             kind="issue", source=self.identity.config.source.type, target="aws-endpoint",
             outcome="ok", exp=snap.expires_at, token_sha256=key_fingerprint,
-            principal=aws.role_arn if aws is not None else None,
-            context=self.identity.context.as_dict()))
+            principal=aws.role_arn if aws is not None else None, session_name=session_name,
+            context=context.as_dict()))
+
+
+def _address(address: Any) -> tuple[str, int]:
+    """``(host, port)`` of a socket address (IPv6 ones have four fields)."""
+    return str(address[0]), int(address[1])
 
 
 def _handler_for(server: CredentialServer) -> type[BaseHTTPRequestHandler]:
@@ -243,7 +275,19 @@ def _handler_for(server: CredentialServer) -> type[BaseHTTPRequestHandler]:
                 self._refuse(HTTPStatus.FORBIDDEN, "Forbidden", "wrong authorization token")
                 return
             try:
-                document = server.credentials_document()
+                context = server.caller_context(_address(self.client_address),
+                                                _address(self.server.server_address))
+            except CallerRefused as refused:
+                logger.warning("keyless: credential endpoint refused a caller: %s",
+                               refused.message)
+                self._refuse(refused.status, refused.status.phrase, refused.message)
+                return
+            try:
+                document = server.credentials_document(context)
+            except ConfigError as exc:  # a per-rank template this caller has no rank for
+                logger.warning("keyless: credential endpoint refused a caller: %s", exc.message)
+                self._refuse(HTTPStatus.FORBIDDEN, "Forbidden", exc.message)
+                return
             except KeylessError as exc:
                 logger.warning("keyless: credential endpoint cannot serve: %s", exc.message)
                 self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, type(exc).__name__, exc.message)

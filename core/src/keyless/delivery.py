@@ -22,7 +22,7 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +33,7 @@ from .identity import Keyless
 __all__ = ["TokenDirectory", "TokenFileKeeper", "sdk_environment", "worker_environment",
            "narrowing_fields",
            "STATIC_AWS_VARIABLES", "ENDPOINT_SHADOWED_VARIABLES", "endpoint_environment",
-           "SHADOWING_VARIABLES", "shadowing_variables"]
+           "SHADOWING_VARIABLES", "shadowing_variables", "delivery_audiences"]
 
 logger = logging.getLogger("keyless.delivery")
 
@@ -145,15 +145,17 @@ def _narrowed(narrowing: Mapping[str, str], target: str,
 
 
 def sdk_environment(identity: Keyless, files: dict[str, Path], *,
-                    narrowed: Literal["refuse", "omit"] = "refuse") -> dict[str, str]:
+                    narrowed: Literal["refuse", "omit"] = "refuse",
+                    exclude: Collection[str] = ()) -> dict[str, str]:
     """The SDK-native variables pointing at the token files (paths and ids only).
 
     A target narrowed per worker (:func:`narrowing_fields`) raises :class:`ConfigError`
     naming the field (``narrowed="refuse"``), or its variables are left out with a warning
-    (``"omit"``: variables shared by every worker of a Ray node)."""
+    (``"omit"``: variables shared by every worker of a Ray node). Targets in ``exclude`` are
+    delivered another way (AWS through the credential endpoint) and left out."""
     env: dict[str, str] = {}
     narrowing = narrowing_fields(identity)
-    aws = identity.config.target.aws
+    aws = identity.config.target.aws if "aws" not in exclude else None
     if aws is not None and _narrowed(narrowing, "aws", narrowed):
         aws = None
     if aws is not None:
@@ -205,19 +207,22 @@ ENDPOINT_SHADOWED_VARIABLES = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
 def endpoint_environment(identity: Keyless, endpoint_env: dict[str, str]) -> dict[str, str]:
     """The variables for a child using the loopback credential endpoint: the endpoint's own
     (URL and token-file path, from ``CredentialServer.env()``) plus the region."""
+    from .targets.aws import resolve_region
+
     env = dict(endpoint_env)
     if identity.config.target.aws is not None:
-        region = identity.aws().region
+        region = resolve_region(identity.config.target.aws, identity.environ)
         env["AWS_REGION"] = region
         env["AWS_DEFAULT_REGION"] = region
     return env
 
 
-def delivery_audiences(identity: Keyless) -> list[str]:
-    """The audiences that need a token file for the configured targets."""
+def delivery_audiences(identity: Keyless, exclude: Collection[str] = ()) -> list[str]:
+    """The audiences that need a token file for the configured targets (less those in
+    ``exclude``, delivered another way; empty when that leaves none)."""
     audiences: list[str] = []
     aws = identity.config.target.aws
-    if aws is not None:
+    if aws is not None and "aws" not in exclude:
         audiences.append(identity.resolve_audience(aws.audience))
     gcp = identity.config.target.gcp
     if gcp is not None and identity.resolve_audience(gcp.requested_audience) not in audiences:
@@ -235,7 +240,7 @@ def delivery_audiences(identity: Keyless) -> list[str]:
             exchange = identity.huggingface() if name == "huggingface" else identity.oauth2()
             audiences.append(identity.resolve_audience(exchange.subject_audience))
     audiences = list(dict.fromkeys(audiences))  # one file per distinct audience
-    if not audiences:
+    if not audiences and not exclude:
         audiences.append(identity.resolve_audience())
     return audiences
 

@@ -296,14 +296,23 @@ def _exchange(report: _Report, identity: Keyless | None) -> None:
     if identity.config.target.aws is None:
         report.add("exchange", "skip", "dry-run exchange is implemented for target.aws only")
         return
+    from .targets.aws import check_ranks_resolved
+
+    context, sample = identity.context, ""
     try:
-        exchange = identity.aws()
+        check_ranks_resolved(identity.config.target.aws, context)
+    except KeylessError:  # a per-rank config checked from the launcher: try it as rank 0
+        context = context.with_values(rank=context.rank or "0",
+                                      local_rank=context.local_rank or "0")
+        sample = "; rendered for rank 0, local rank 0: this process has no rank"
+    try:
+        exchange = identity.aws(context)
         exchange.credentials().get_frozen_credentials()
     except KeylessError as exc:
         report.add("exchange", "FAIL", exc.message)
         return
     report.add("exchange", "ok", f"AssumeRoleWithWebIdentity as {exchange.target.role_arn} "
-               f"gave credentials (session name {exchange.session_name!r})")
+               f"gave credentials (session name {exchange.session_name!r}{sample})")
 
 
 # ----------------------------------------------------------------------------- CLI

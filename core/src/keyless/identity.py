@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,8 @@ class Keyless:
         self._source: Source | None = None
         self._refreshers: dict[str, Refresher[SubjectToken]] = {}
         self._exchanges: dict[str, Any] = {}  # one per target name, built on first use
+        # other processes' AWS exchanges (aws(context=...)), by STS request, least recent first
+        self._process_exchanges: OrderedDict[tuple[str, ...], AwsExchange] = OrderedDict()
         self._audit_log: AuditLog | None = self._audit
 
     def __getstate__(self) -> dict[str, Any]:
@@ -138,6 +141,10 @@ class Keyless:
                 return other.audience
         return None
 
+    def aws_audience(self) -> str:
+        """The audience of the subject tokens exchanged at AWS STS."""
+        return self.resolve_audience(self._target("aws").audience)
+
     def resolve_audience(self, audience: str | None = None) -> str:
         """The audience a token is really requested for: the source's explicit ``audience``
         wins, else the one asked for, else :meth:`default_audience` ("" when none)."""
@@ -193,16 +200,46 @@ class Keyless:
             context=self.context.as_dict()))
 
     # ------------------------------------------------------------------ AWS
-    def aws(self) -> AwsExchange:
-        """The AWS exchange for this worker (raises ConfigError without a target.aws)."""
-        from .targets.aws import AwsExchange
+    #: How many other processes' AWS exchanges :meth:`aws` keeps (least recently used go).
+    MAX_PROCESS_EXCHANGES = 256
+
+    def aws(self, context: WorkerContext | None = None) -> AwsExchange:
+        """The AWS exchange for this worker (raises ConfigError without a target.aws).
+
+        ``context`` asks for another process's exchange (a rank launched under this one, see
+        :meth:`WorkerContext.for_process`): its session name, policy and tags are rendered from
+        that context, the subject tokens are this object's. Contexts whose STS request is the
+        same share one exchange (a restarted rank keeps its credentials); at most
+        :attr:`MAX_PROCESS_EXCHANGES` are kept. Raises :class:`ConfigError` naming the field
+        when a template needs a rank the context does not have.
+        """
+        from .targets.aws import AwsExchange, aws_request_key, check_ranks_resolved
 
         target = self._target("aws")
-        exchange: AwsExchange = self._exchange("aws", lambda: AwsExchange(
-            target, tokens=self.subject_token, source_name=self.config.source.type,
-            context=self.context, policy=self.policy, audit=self.audit,
-            environ=self.environ, rng=self._random()))
-        return exchange
+
+        def build(worker: WorkerContext) -> AwsExchange:
+            return AwsExchange(target, tokens=self.subject_token,
+                               source_name=self.config.source.type, context=worker,
+                               policy=self.policy, audit=self.audit, environ=self.environ,
+                               rng=self._random())
+
+        if context is None or context == self.context:
+            exchange: AwsExchange = self._exchange("aws", lambda: build(self.context))
+            return exchange
+        check_ranks_resolved(target, context)
+        key = aws_request_key(target, context)
+        with self._lock:
+            found = self._process_exchanges.get(key)
+            if found is not None:
+                self._process_exchanges.move_to_end(key)
+                return found
+        created = build(context)
+        with self._lock:
+            found = self._process_exchanges.setdefault(key, created)
+            self._process_exchanges.move_to_end(key)
+            while len(self._process_exchanges) > self.MAX_PROCESS_EXCHANGES:
+                self._process_exchanges.popitem(last=False)
+            return found
 
     def boto3_session(self) -> boto3.Session:
         """A ``boto3.Session`` whose credentials refresh themselves for as long as it lives."""

@@ -25,10 +25,11 @@ from ..config import AwsTarget
 from ..context import (
     WorkerContext,
     render_json_template,
+    render_session_name,
     render_template,
-    sanitize_session_name,
+    unresolved_rank_fields,
 )
-from ..errors import KeylessError
+from ..errors import ConfigError, KeylessError
 from ..refresher import RefreshPolicy, due_fraction
 from ..tokens import SubjectToken
 from .aws_errors import translate_sts_error
@@ -36,7 +37,8 @@ from .aws_errors import translate_sts_error
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["AwsExchange", "resolve_region", "resolve_sts_endpoint"]
+__all__ = ["AwsExchange", "aws_request_key", "aws_templates", "check_ranks_resolved",
+           "resolve_region", "resolve_sts_endpoint"]
 
 logger = logging.getLogger("keyless.aws")
 
@@ -53,6 +55,50 @@ def resolve_sts_endpoint(target: AwsTarget, environ: Mapping[str, str]) -> str |
     """The STS endpoint: the target's, else the standard $AWS_ENDPOINT_URL_STS, else botocore's
     regional default (None)."""
     return target.sts_endpoint_url or environ.get("AWS_ENDPOINT_URL_STS") or None
+
+
+def aws_templates(target: AwsTarget) -> dict[str, str | dict[str, Any]]:
+    """Config field -> template, for the templates the config writes itself: the session
+    name unless it is the default one (whose ``{rank}`` is simply left out when there is
+    none), the session policy and the tags."""
+    templates: dict[str, str | dict[str, Any]] = {}
+    if target.session_name != type(target).model_fields["session_name"].default:
+        templates["target.aws.session_name"] = target.session_name
+    if target.session_policy is not None:
+        templates["target.aws.session_policy"] = target.session_policy
+    for key, value in target.tags.items():
+        templates[f"target.aws.tags.{key}"] = value
+    return templates
+
+
+def check_ranks_resolved(target: AwsTarget, context: WorkerContext) -> None:
+    """Raise :class:`ConfigError` naming the field when a template of the config names
+    ``{rank}``/``{local_rank}`` and ``context`` has no value for it: such a template is
+    never rendered with an empty rank (nor, by the credential endpoint, the launcher's)."""
+    unresolved = unresolved_rank_fields(aws_templates(target), context)
+    if not unresolved:
+        return
+    field, name = unresolved[0]
+    process = f"process {context.pid}" if context.pid else "this process"
+    variable = {"rank": "RANK", "local_rank": "LOCAL_RANK"}[name]
+    raise ConfigError(
+        f"aws: {field} uses {{{name}}}, but {process} has no {name} (no {variable} or "
+        f"KEYLESS_{variable} in its environment), and a per-rank template is never rendered "
+        f"for another rank or for none; fix: start the ranks with torchrun (under `keyless exec "
+        f"-- torchrun ...` each rank asks the credential endpoint for its own credentials), "
+        f"Ray Train or KEYLESS_{variable} set per worker, or remove {{{name}}} from {field}",
+        field=field)
+
+
+def aws_request_key(target: AwsTarget, context: WorkerContext) -> tuple[str, ...]:
+    """What a worker's STS request depends on (session name, policy, tags) rendered for
+    ``context``: two contexts with the same key can share one credential set."""
+    templates = aws_templates(target)
+    return (render_session_name(target.session_name, context)[0],
+            *(render_json_template(template, context) if field.endswith("session_policy")
+              else render_template(str(template), context)
+              for field, template in sorted(templates.items())
+              if field != "target.aws.session_name"))
 
 
 class _NoCache(dict[str, Any]):
@@ -162,7 +208,9 @@ class AwsExchange:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.region = resolve_region(target, environ)
         self.sts_endpoint_url = resolve_sts_endpoint(target, environ)
-        self.session_name = sanitize_session_name(render_template(target.session_name, context))
+        check_ranks_resolved(target, context)
+        self.session_name, self.full_session_name = render_session_name(target.session_name,
+                                                                        context)
         self._last_token: SubjectToken | None = None
         self._lock = threading.Lock()
         self._credentials: Any = None
@@ -229,8 +277,8 @@ class AwsExchange:
             error = translate_sts_error(exc, role_arn=self.target.role_arn, token=token)
             self._audit.emit(AuditEvent.for_failure(
                 error, source=self._source_name, target="aws", context=self.context.as_dict(),
-                principal=self.target.role_arn, session_name=self.session_name,
-                tags=self.session_tags()))
+                principal=self.target.role_arn, tags=self.session_tags(),
+                **self._audited_names()))
             if error is exc:
                 raise
             raise error from None
@@ -240,8 +288,15 @@ class AwsExchange:
             self._audit.emit(AuditEvent.for_token(
                 "exchange", token, source=self._source_name, target="aws",
                 context=self.context.as_dict(), principal=self.target.role_arn,
-                session_name=self.session_name, tags=self.session_tags()))
+                tags=self.session_tags(), **self._audited_names()))
         return metadata
+
+    def _audited_names(self) -> dict[str, str]:
+        """The session name STS got, and the full rendered one when it had to be shortened."""
+        names = {"session_name": self.session_name}
+        if self.full_session_name != self.session_name:
+            names["session_name_full"] = self.full_session_name
+        return names
 
     def credentials(self) -> Any:
         """This worker's one botocore ``DeferredRefreshableCredentials`` (no STS call until
