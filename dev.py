@@ -139,10 +139,11 @@ def ensure_chromium() -> None:
 # host environment -> the package (and examples) `mypy --strict` checks there
 HOST_TYPECHECK: dict[str, list[str]] = {
     "airflow": ["airflow_provider/src/keyless_airflow", "examples/airflow/keyless_dags.py",
-                "examples/airflow/keyless_train.py"],
+                "examples/airflow/keyless_train.py", "examples/airflow/keyless_torchrun.py"],
     "prefect": ["prefect_blocks/src/prefect_keyless"],
     "ray": ["ray_runtime/src/keyless_ray", "examples/github-actions/train_ci.py",
-            "examples/ray/train_job.py", "examples/ray/local_train.py"],
+            "examples/ray/train_job.py", "examples/ray/local_train.py",
+            "examples/torchrun/train_shards.py"],
 }
 LINTED = ["core", "tests", "dev.py", "airflow_provider", "prefect_blocks", "ray_runtime",
           "examples", "benchmarks", "docs"]

@@ -167,3 +167,58 @@ def test_the_training_dag_makes_its_data_set_in_an_empty_prefix(
     puts = {f["session_name"].split("-")[2] for f in federation.aws.front.forwarded
             if f["method"] == "PUT"}
     assert puts == {"ensure_dataset", "train"}, puts
+
+
+def torchrun_shards(federation: Federation) -> tuple[list[float], float]:
+    """Per-rank CSV shards of a known linear function at PREFIX/shards/<rank>/data.csv."""
+    weight, bias = [1.5, -0.5, 2.0], 0.25
+    for rank, text in enumerate(linear_csv_shards(weight, bias, shards=2, rows=64, seed=3)):
+        federation.aws.put_object(federation.aws.bucket,
+                                  f"{federation.prefix}shards/{rank}/data.csv", text)
+    return weight, bias
+
+
+def per_rank_config(federation: Federation, session_name: str) -> dict[str, Any]:
+    """The `shortlived` client's config with a per-rank session name and a session policy
+    confining each rank to its own shard."""
+    aws = federation.aws
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{aws.bucket}/{federation.prefix}shards/{{rank}}/*"}]}
+    return federation.config("shortlived", session_name=session_name, session_policy=policy)
+
+
+def test_a_task_trains_with_torchrun_each_rank_as_itself(
+        airflow_home: Path, federation: Federation, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    """examples/airflow/keyless_torchrun.py: the task starts real torchrun (2 ranks, gloo DDP)
+    inside worker_env(); each rank's plain boto3 gets its own session, named after the dag, the
+    task and the rank, reads its own shard every epoch across rollovers (4-second sessions)
+    and is denied the other's; together they learn the test's function."""
+    weight, bias = torchrun_shards(federation)
+    federation.aws.front.max_session_seconds = 4
+    config = per_rank_config(federation, "keyless-{job_id}-{task_id}-r{rank}")
+    text = run_dag("keyless_torchrun", federation, config, tmp_path, leak_guard,
+                   script="keyless_torchrun.py", KEYLESS_EXAMPLE_EPOCHS="150",
+                   RANK="0")  # a stray launcher rank: never a rank's identity
+
+    line = next(x for x in text.splitlines() if "KEYLESS_TORCHRUN " in x)
+    reports = json.loads(line.split("KEYLESS_TORCHRUN ", 1)[1])
+    assert [r["rank"] for r in reports] == [0, 1]
+    for report in reports:
+        rank = report["rank"]
+        assert report["arn"].endswith(f"/keyless-keyless_torchrun-train_ddp-r{rank}")
+        assert report["other_shard"] == "AccessDenied"
+        assert report["weight"] == pytest.approx(weight, abs=0.05)
+        assert report["bias"] == pytest.approx(bias, abs=0.05)
+    front = federation.aws.front
+    for rank in (0, 1):
+        name = f"keyless-keyless_torchrun-train_ddp-r{rank}"
+        reads = [f for f in front.forwarded if f["session_name"] == name
+                 and f["path"].endswith("/data.csv") and f["status"] == 200]
+        assert {f["path"].split("/shards/")[1] for f in reads} == {f"{rank}/data.csv"}
+        assert len(reads) >= 150
+        assert len({f["access_key_id"] for f in reads}) >= 2, f"rank {rank}: no rollover"
+    assert {a["session_name"] for a in front.accepted} == {
+        "keyless-keyless_torchrun-train_ddp-r0", "keyless-keyless_torchrun-train_ddp-r1"}
+    assert front.expired_uses == []

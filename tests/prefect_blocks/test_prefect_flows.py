@@ -196,3 +196,47 @@ def test_a_flow_trains_a_pytorch_model_on_shards_read_from_s3(
         [result["session_name"]]
     assert all(f["status"] == 200 for f in forwarded)
     _check_logs(_api_logs(flow_run_id, leak_guard), task_runs=4)
+
+
+def test_a_task_trains_with_torchrun_each_rank_as_itself(
+        prefect_server: PrefectServer, federation: Federation, leak_guard: LeakGuard,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/prefect/keyless_torchrun.py: the task starts real torchrun (2 ranks, gloo DDP)
+    inside the block's worker_env(); each rank's plain boto3 gets its own session named after
+    the flow run, the task run and the rank, reads only its own shard and is denied the
+    other's; together they learn the test's function."""
+    from examples.prefect.keyless_torchrun import train_with_torchrun
+
+    weight, bias = [1.5, -0.5, 2.0], 0.25
+    for rank, text in enumerate(linear_csv_shards(weight, bias, shards=2, rows=64, seed=3)):
+        federation.aws.put_object(federation.aws.bucket,
+                                  f"{federation.prefix}shards/{rank}/data.csv", text)
+    for key, value in {**federation.aws.env(), "RANK": "0", "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)  # RANK: a stray launcher rank, never a rank's identity
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{federation.aws.bucket}/{federation.prefix}shards/{{rank}}/*"}]}
+    block = _save_block(federation, session_name="{job_id}-{task_id}-r{rank}",
+                        session_policy=policy)
+    reports, flow_run_id = _run(train_with_torchrun, block=block,
+                                bucket=federation.aws.bucket, prefix=federation.prefix,
+                                epochs=120)
+    flow_run_name, task_runs = _runs(flow_run_id)
+    (task_run_name,) = task_runs.values()
+
+    names = {rank: sanitize_session_name(f"{flow_run_name}-{task_run_name}-r{rank}")
+             for rank in (0, 1)}
+    assert [r["rank"] for r in reports] == [0, 1]
+    for report in reports:
+        assert report["arn"].endswith("/" + names[report["rank"]])
+        assert report["other_shard"] == "AccessDenied"
+        assert report["weight"] == pytest.approx(weight, abs=0.05)
+        assert report["bias"] == pytest.approx(bias, abs=0.05)
+    front = federation.aws.front
+    assert {a["session_name"] for a in front.accepted} == set(names.values())
+    for rank, name in names.items():
+        reads = {f["path"].split("/shards/")[1] for f in front.forwarded
+                 if f["session_name"] == name and f["path"].endswith("/data.csv")
+                 and f["status"] == 200}
+        assert reads == {f"{rank}/data.csv"}
+    _check_logs(_api_logs(flow_run_id, leak_guard), task_runs=1)

@@ -11,7 +11,6 @@ Nothing secret is stored by the hook beyond the validated config (whose secrets 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseHook
 
 from keyless import Keyless, KeylessConfig, KeylessError, WorkerContext
-from keyless.delivery import shadowing_variables, worker_environment
+from keyless.child import child_environment
 
 from .fields import CONN_TYPE, config_from_extra
 from .provider_info import HOOK_NAME
@@ -125,23 +124,22 @@ class KeylessHook(BaseHook):
 
     # ------------------------------------------------------------------ subprocesses
     @contextlib.contextmanager
-    def worker_env(self, token_dir: str | None = None, *,
-                   inherit: bool = True) -> Iterator[dict[str, str]]:
-        """Token files kept fresh plus the SDKs' own variables, for a subprocess
-        (``torchrun``, s3fs, the AWS CLI ...) for the duration of the ``with`` body.
+    def worker_env(self, token_dir: str | None = None, *, inherit: bool = True,
+                   credential_endpoint: bool = False) -> Iterator[dict[str, str]]:
+        """The environment for a subprocess (``torchrun``, s3fs, the AWS CLI ...) started in
+        the ``with`` body: this process's (``inherit=True``) less the variables that would
+        shadow keyless (static keys, other secrets), plus keyless's (paths, ARNs, ids and
+        session names only: never a secret), kept fresh until the body ends.
 
-        Yields the child's environment: this process's (``inherit=True``) less the variables
-        that would shadow keyless (static keys, other secrets), plus keyless's (paths, ARNs,
-        ids and session names only: never a secret).
+        A config whose AWS session name, policy or tags differ per rank (``{rank}``,
+        ``{local_rank}``, ``{node}``, a session policy) gets a loopback credential endpoint
+        that serves each process of the subprocess's tree its own identity: every rank that
+        ``torchrun`` starts has its own session, named after this task and the rank.
+        ``credential_endpoint=True`` asks for the endpoint for any config.
         """
-        with worker_environment(self.identity, token_dir) as added:
-            if not inherit:
-                yield dict(added)
-                return
-            drop = set(shadowing_variables(self.identity))
-            env = {k: v for k, v in os.environ.items() if k not in drop}
-            env.update(added)
-            yield env
+        with child_environment(self.identity, token_dir=token_dir, inherit=inherit,
+                               credential_endpoint=credential_endpoint) as child:
+            yield child.env
 
     # ------------------------------------------------------------------ checks
     def test_connection(self) -> tuple[bool, str]:

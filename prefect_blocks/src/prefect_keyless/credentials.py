@@ -264,17 +264,26 @@ class KeylessCredentials(CredentialsBlock):
         return self.identity().token(audience)
 
     @contextmanager
-    def worker_env(self, token_dir: str | None = None) -> Iterator[dict[str, str]]:
-        """For unmodified code and subprocesses: token files kept fresh for the ``with`` body,
-        and the SDK variables pointing at them (paths and ids only, never a secret)::
+    def worker_env(self, token_dir: str | None = None, *, inherit: bool = True,
+                   credential_endpoint: bool = False) -> Iterator[dict[str, str]]:
+        """The environment for a subprocess started in the ``with`` body (``torchrun``, the
+        AWS CLI ...): this process's (``inherit=True``) less the variables that would win over
+        keyless (static keys, other secrets), plus token files kept fresh and the SDK
+        variables (paths and ids only, never a secret)::
 
             with creds.worker_env() as env:
-                subprocess.run(cmd, env={**os.environ, **env}, check=True)
-        """
-        from keyless.delivery import worker_environment
+                subprocess.run(["torchrun", "--nproc-per-node", "2", "train.py"], env=env)
 
-        with worker_environment(self.identity(), token_dir) as env:
-            yield env
+        A config whose AWS session name, policy or tags differ per rank gets a loopback
+        credential endpoint serving each process of the subprocess's tree its own identity
+        (every torchrun rank its own session); ``credential_endpoint=True`` asks for it for
+        any config.
+        """
+        from keyless.child import child_environment
+
+        with child_environment(self.identity(), token_dir=token_dir, inherit=inherit,
+                               credential_endpoint=credential_endpoint) as child:
+            yield child.env
 
 
 def _validate(values: Mapping[str, Any]) -> KeylessConfig:
