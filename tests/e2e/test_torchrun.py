@@ -303,3 +303,37 @@ def test_long_dag_and_task_ids_keep_eight_ranks_apart(
         assert full[name].startswith("keyless-nightly_training_pipeline_v2-"
                                      "train_resnet50_distributed-scheduled")
         assert full[name].endswith(f"-r{rank}")
+
+
+NO_RANK = r"""
+import json, os, urllib.error, urllib.request
+request = urllib.request.Request(os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"], headers={
+    "Authorization": open(os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).read()})
+try:
+    urllib.request.urlopen(request, timeout=10)
+    print(json.dumps({"status": 200}))
+except urllib.error.HTTPError as exc:
+    print(json.dumps({"status": exc.code, "body": json.loads(exc.read())}))
+"""
+
+
+def test_a_caller_without_a_rank_is_refused_naming_the_field(
+        federation: Federation, tmp_path: Path, leak_guard: LeakGuard) -> None:
+    """The launcher has RANK=0 but the child asking has no rank of its own: it is refused,
+    naming the field and the fix, never served rank 0's (the launcher's) policy."""
+    spec = _spec(federation, tmp_path, "nr-r{rank}")
+    env = {k: v for k, v in _environment(federation, tmp_path).items()
+           if k not in ("RANK", "LOCAL_RANK")}
+    result = subprocess.run(
+        [sys.executable, "-m", "keyless", "exec", "--config", str(spec), "--", "env", "-u",
+         "RANK", sys.executable, "-c", NO_RANK],
+        capture_output=True, text=True, env={**env, "RANK": "0"}, timeout=120)
+    leak_guard.add(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout)
+    assert answer["status"] == 403
+    message = answer["body"]["message"]
+    assert "target.aws.session_policy uses {rank}" in message or \
+        "target.aws.session_name uses {rank}" in message
+    assert "fix:" in message
+    assert federation.aws.front.accepted == []  # nothing was exchanged for it
