@@ -3,10 +3,12 @@ of a loopback connection, its environment and ancestry, and who a Launch serves.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from http import HTTPStatus
 
 import pytest
@@ -24,12 +26,20 @@ sys.stdin.read()  # hold the connection until the test is done with it
 """
 
 
+@contextlib.contextmanager
 def _connected_child(server: socket.socket, env: dict[str, str] | None = None,
-                     ) -> tuple[subprocess.Popen[str], socket.socket, tuple[str, int]]:
+                     ) -> Iterator[tuple[subprocess.Popen[str], socket.socket, tuple[str, int]]]:
+    """A child process holding a connection to ``server``: (child, our end, its address)."""
     child = subprocess.Popen([sys.executable, "-c", CLIENT, str(server.getsockname()[1])],
                              stdin=subprocess.PIPE, text=True, env=env)
     conn, address = server.accept()
-    return child, conn, address
+    try:
+        yield child, conn, address
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
+        conn.close()
 
 
 @pytest.fixture
@@ -41,18 +51,12 @@ def server() -> socket.socket:
 
 
 def test_the_peer_is_the_child_process_that_connected(server: socket.socket) -> None:
-    child, conn, address = _connected_child(server, {**os.environ, "RANK": "5"})
-    try:
+    with _connected_child(server, {**os.environ, "RANK": "5"}) as (child, conn, address):
         peer = find_peer(address, conn.getsockname())
         assert peer is not None and peer.pid == child.pid and peer.uid == os.getuid()
         environ = process_environ(child.pid)
         assert environ is not None and environ["RANK"] == "5"
         assert os.getpid() in set(ancestors(child.pid))
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        child.wait(timeout=30)
-        conn.close()
 
 
 def test_a_finished_connection_has_no_peer(server: socket.socket) -> None:
@@ -64,8 +68,7 @@ def test_a_launch_serves_its_own_processes_as_themselves(server: socket.socket) 
     launch = Launch()
     base = WorkerContext(job_id="job", rank="0", pid="1")
     marked = {**os.environ, **launch.environment(), "RANK": "3", "LOCAL_RANK": "1"}
-    child, conn, address = _connected_child(server, marked)
-    try:
+    with _connected_child(server, marked) as (child, conn, address):
         context = launch.caller(address, conn.getsockname(), base)
         assert (context.job_id, context.rank, context.local_rank) == ("job", "3", "1")
         launch.started(os.getpid())  # the child descends from this process: still served
@@ -75,18 +78,12 @@ def test_a_launch_serves_its_own_processes_as_themselves(server: socket.socket) 
             launch.caller(address, conn.getsockname(), base)
         assert refused.value.status == HTTPStatus.FORBIDDEN
         assert "does not descend" in refused.value.message
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        child.wait(timeout=30)
-        conn.close()
 
 
 def test_a_process_outside_the_launch_is_refused(server: socket.socket) -> None:
     launch = Launch()
     outsider = {k: v for k, v in os.environ.items() if k != LAUNCH_VARIABLE}
-    child, conn, address = _connected_child(server, {**outsider, LAUNCH_VARIABLE: "other"})
-    try:
+    with _connected_child(server, {**outsider, LAUNCH_VARIABLE: "other"}) as (child, conn, address):
         with pytest.raises(CallerRefused) as refused:
             launch.caller(address, conn.getsockname(), WorkerContext())
         assert refused.value.status == HTTPStatus.FORBIDDEN
@@ -98,8 +95,3 @@ def test_a_process_outside_the_launch_is_refused(server: socket.socket) -> None:
             Launch(launch_id=None, uid=os.getuid() + 1).caller(
                 address, conn.getsockname(), WorkerContext())
         assert "uid" in other_user.value.message
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        child.wait(timeout=30)
-        conn.close()
