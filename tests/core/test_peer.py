@@ -83,7 +83,8 @@ def test_a_launch_serves_its_own_processes_as_themselves(server: socket.socket) 
 def test_a_process_outside_the_launch_is_refused(server: socket.socket) -> None:
     launch = Launch()
     outsider = {k: v for k, v in os.environ.items() if k != LAUNCH_VARIABLE}
-    with _connected_child(server, {**outsider, LAUNCH_VARIABLE: "other"}) as (child, conn, address):
+    marked = {**outsider, LAUNCH_VARIABLE: "other"}
+    with _connected_child(server, marked) as (_child, conn, address):
         with pytest.raises(CallerRefused) as refused:
             launch.caller(address, conn.getsockname(), WorkerContext())
         assert refused.value.status == HTTPStatus.FORBIDDEN
