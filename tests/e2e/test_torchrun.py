@@ -337,3 +337,28 @@ def test_a_caller_without_a_rank_is_refused_naming_the_field(
         "target.aws.session_name uses {rank}" in message
     assert "fix:" in message
     assert federation.aws.front.accepted == []  # nothing was exchanged for it
+
+
+def test_keyless_inside_torchrun_gives_each_rank_its_own_session(
+        federation: Federation, tmp_path: Path, leak_guard: LeakGuard) -> None:
+    """The other launch form: `torchrun --no-python keyless exec --config F -- python
+    train.py`, one keyless per rank, each serving its own rank's session."""
+    aws = federation.aws
+    _shards(federation, 2)
+    spec = _spec(federation, tmp_path, "in-r{rank}")
+    train = tmp_path / "train.py"
+    train.write_text(TRAIN)
+    out = tmp_path / "out"
+    out.mkdir()
+    keyless = str(Path(sys.executable).with_name("keyless"))
+    result = subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", keyless, "exec",
+         "--config", str(spec), "--", sys.executable, str(train), aws.bucket,
+         federation.prefix, str(out), "3"],
+        capture_output=True, text=True, env=_environment(federation, tmp_path), timeout=300)
+    leak_guard.add(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for rank, report in _reports(tmp_path).items():
+        assert report["failures"] == [] and report["denied"] == "AccessDenied"
+        assert report["arn"].endswith(f"/in-r{rank}")
+    assert {a["session_name"] for a in aws.front.accepted} == {"in-r0", "in-r1"}

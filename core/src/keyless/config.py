@@ -245,7 +245,9 @@ class AwsTarget(_Spec):
     session_name: str = Field(
         default="keyless-{job_id}-{task_id}-{rank}-{host}-{pid}",
         description="Template over " + " ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-                    + "; sanitised to STS's 2-64 chars of [\\w+=,.@-].")
+                    + "; sanitised to STS's 2-64 chars of [\\w+=,.@-] (a longer name keeps "
+                      "the rank, node and pid whole and ends in a hash of the full name). "
+                      "{rank}/{local_rank} written here need a worker with a rank.")
     session_policy: str | dict[str, Any] | None = Field(
         default=None, description="Inline session policy (JSON); a template over the context.")
     policy_arns: list[str] = Field(default_factory=list)
