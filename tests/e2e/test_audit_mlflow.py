@@ -60,7 +60,8 @@ def test_exec_ranks_leave_tags_and_one_timeline_on_the_mlflow_run(
     aws.front.max_session_seconds = 4
     key = federation.prefix + "shard.bin"
     aws.put_object(aws.bucket, key, b"shard")
-    config = federation.config("shortlived", session_name="rank-{rank}")
+    # a name the launcher knows ({rank} would be served per process through the endpoint)
+    config = federation.config("shortlived", session_name="rank-{pid}")
     config["audit"] = {"sinks": ["log", "mlflow"]}
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(config))

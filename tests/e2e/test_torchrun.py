@@ -46,9 +46,11 @@ rank = int(os.environ["RANK"])
 restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path"},
                                       retries={"total_max_attempts": 1}))
-if mode == "die-once" and rank == 1 and restarts == 0:
-    s3.get_object(Bucket=bucket, Key=f"{prefix}shards/1/part")
-    os.kill(os.getpid(), signal.SIGKILL)
+if mode == "die-once" and restarts == 0:
+    if rank == 1:  # reads as itself, then dies: torchrun restarts the group
+        s3.get_object(Bucket=bucket, Key=f"{prefix}shards/1/part")
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(120)  # rank 0 publishes nothing in the store this attempt (no stale address)
 dist.init_process_group("gloo")
 world = dist.get_world_size()
 mine, theirs = f"{prefix}shards/{rank}/part", f"{prefix}shards/{(rank + 1) % world}/part"

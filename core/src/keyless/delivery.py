@@ -158,6 +158,14 @@ def sdk_environment(identity: Keyless, files: dict[str, Path], *,
     aws = identity.config.target.aws if "aws" not in exclude else None
     if aws is not None and _narrowed(narrowing, "aws", narrowed):
         aws = None
+    if aws is not None and narrowed == "omit":  # shared variables: none has a rank to render
+        from .targets.aws import check_ranks_resolved
+
+        try:
+            check_ranks_resolved(aws, identity.context)
+        except ConfigError as exc:
+            logger.warning("keyless: %s; the AWS variables are not exported", exc.message)
+            aws = None
     if aws is not None:
         exchange = identity.aws()
         env["AWS_WEB_IDENTITY_TOKEN_FILE"] = str(files[identity.resolve_audience(aws.audience)])
