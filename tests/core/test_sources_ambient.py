@@ -152,12 +152,16 @@ def test_ambient_broken_detector_raises(tmp_path: Path) -> None:
         source.fetch(None)
 
 
-def test_ambient_spec_audience_wins() -> None:
+def test_ambient_caller_audience_wins_then_the_spec_audience() -> None:
+    """keyless asks each target's own audience (source.audience already folded in where the
+    target names none): the caller's wins; the spec's serves a caller that names none."""
     rec = Recorder(cloud(False))
     environ = {"ACTIONS_ID_TOKEN_REQUEST_URL": GH_URL, "ACTIONS_ID_TOKEN_REQUEST_TOKEN": GH_BEARER}
     source = AmbientTokenSource(AmbientSource(audience="spec-aud"), http=rec.http,
                                 environ=environ, token_paths=[])
     token = source.fetch("caller-aud")
+    assert token is not None and token.audience == ["caller-aud"]
+    token = source.fetch(None)
     assert token is not None and token.audience == ["spec-aud"]
     assert GH_BEARER not in repr(source)
 

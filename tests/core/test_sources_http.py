@@ -53,14 +53,16 @@ def test_github_sends_bearer_and_encoded_audience() -> None:
     assert got.origin == "github_actions"
 
 
-def test_github_spec_audience_wins_and_no_audience_sends_none() -> None:
+def test_github_caller_audience_wins_and_no_audience_sends_none() -> None:
     rec = Recorder(_gh_answer)
-    GithubActionsTokenSource(GithubActionsSource(audience="spec-aud"), http=rec.http,
-                             environ=GH_ENV).fetch("caller-aud")
+    spec = GithubActionsTokenSource(GithubActionsSource(audience="spec-aud"), http=rec.http,
+                                    environ=GH_ENV)
+    spec.fetch("caller-aud")
+    spec.fetch(None)
     GithubActionsTokenSource(http=rec.http, environ=GH_ENV).fetch(None)
-    first, second = (parse_qs(urlsplit(str(r.url)).query) for r in rec.requests)
-    assert first["audience"] == ["spec-aud"]
-    assert "audience" not in second and second["api-version"] == ["2.0"]
+    first, second, third = (parse_qs(urlsplit(str(r.url)).query) for r in rec.requests)
+    assert first["audience"] == ["caller-aud"] and second["audience"] == ["spec-aud"]
+    assert "audience" not in third and third["api-version"] == ["2.0"]
 
 
 def test_github_not_in_actions() -> None:
@@ -129,12 +131,15 @@ def test_gcp_host_precedence_and_spec_audience() -> None:
     rec = Recorder(_metadata)
     env = {"GCE_METADATA_HOST": "169.254.169.254:8080"}
     GcpMetadataTokenSource(http=rec.http, environ=env).fetch("a")
-    GcpMetadataTokenSource(GcpMetadataSource(metadata_host="127.0.0.1:9", audience="spec"),
-                           http=rec.http, environ=env).fetch("caller")
-    first, second = rec.requests
+    spec = GcpMetadataTokenSource(GcpMetadataSource(metadata_host="127.0.0.1:9",
+                                                    audience="spec"), http=rec.http, environ=env)
+    spec.fetch("caller")
+    spec.fetch(None)
+    first, second, third = rec.requests
     assert (first.url.host, first.url.port) == ("169.254.169.254", 8080)
     assert (second.url.host, second.url.port) == ("127.0.0.1", 9)
-    assert parse_qs(second.url.query.decode())["audience"] == ["spec"]
+    assert parse_qs(second.url.query.decode())["audience"] == ["caller"]
+    assert parse_qs(third.url.query.decode())["audience"] == ["spec"]
 
 
 def test_gcp_audience_required() -> None:

@@ -176,13 +176,15 @@ def test_command_prints_jwt_and_gets_audience() -> None:
     assert got.origin == f"command:{Path(sys.executable).name}"
 
 
-def test_command_spec_audience_wins() -> None:
-    tokens = {"spec-aud": make_jwt(aud="spec-aud")}
+def test_command_caller_audience_wins_then_the_spec_audience() -> None:
+    tokens = {"spec-aud": make_jwt(aud="spec-aud"), "caller-aud": make_jwt(aud="caller-aud")}
     code = ("import os, json; "
             "print(json.loads(os.environ['TOKENS'])[os.environ['KEYLESS_AUDIENCE']])")
     source = CommandTokenSource(_command(code, audience="spec-aud"),
                                 environ={"TOKENS": json.dumps(tokens)})
     got = source.fetch("caller-aud")
+    assert got is not None and got.audience == ["caller-aud"]
+    got = source.fetch(None)
     assert got is not None and got.audience == ["spec-aud"]
 
 

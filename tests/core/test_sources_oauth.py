@@ -151,12 +151,14 @@ def test_audience_parameter_and_precedence() -> None:
     ClientCredentialsTokenSource(cc(audience_parameter="audience", resource="urn:res"),
                                  http=rec.http).fetch("call")
     ClientCredentialsTokenSource(cc(), http=rec.http).fetch(None)
+    ClientCredentialsTokenSource(cc(audience="spec-aud"), http=rec.http).fetch(None)
     f = [form(r) for r in rec.requests]
     assert f[0]["audience"] == "call" and "resource" not in f[0]
-    assert f[1]["resource"] == "spec-aud"
+    assert f[1]["resource"] == "call"  # the caller's (the target's) audience wins
     assert f[2]["resource"] == "urn:res" and "audience" not in f[2]
     assert f[3]["audience"] == "call" and f[3]["resource"] == "urn:res"
     assert f[4] == {"grant_type": "client_credentials"}
+    assert f[5]["resource"] == "spec-aud"  # the spec's serves a caller that names none
 
 
 def test_discovery_finds_token_endpoint_once() -> None:
@@ -319,9 +321,11 @@ def test_token_exchange_spec_audience_and_public_client(tmp_path: Path) -> None:
         "subject": {"type": "file", "path": str(tmp_path / "s")},
         "token_url": EXCHANGE_URL, "audience": "spec-aud", "client_id": "public"})
     rec = Recorder(exchange_answer)
+    build_source(spec, http=rec.http).fetch(None)
     build_source(spec, http=rec.http).fetch("caller-aud")
     fields = form(rec.requests[0])
     assert fields["audience"] == "spec-aud" and fields["client_id"] == "public"
+    assert form(rec.requests[1])["audience"] == "caller-aud"
     assert "actor_token" not in fields and "Authorization" not in rec.requests[0].headers
 
 

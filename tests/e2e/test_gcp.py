@@ -182,3 +182,64 @@ def test_subprocess_uses_generated_external_account_across_rollover(
     subject_tokens = {a["subject_sha256"] for a in sts.accepted if a["kind"] == "federated"}
     assert len(subject_tokens) >= 2, "the child never saw a rotated token file"
     assert sts.impersonations >= 2 and sts.expired_uses == 0
+
+
+def test_doctor_passes_a_correct_gcp_config(reference_idp: ReferenceIdP, sts: GcpSts,
+                                            tmp_path: Path, leak_guard: LeakGuard) -> None:
+    """`keyless doctor --config` checks the token against the audience keyless requests for
+    the GCP target (https: + the provider; it once expected the provider's bare name and
+    failed a correct config) and dry-runs the exchange at the fixture STS."""
+    spec = config(reference_idp, sts)
+    del spec["source"]["audience"]  # the target's own audience is requested
+    path = tmp_path / "gcp.json"
+    path.write_text(json.dumps(spec))
+    result = subprocess.run([sys.executable, "-m", "keyless", "doctor", "--config", str(path),
+                             "--json"], capture_output=True, text=True, timeout=120)
+    leak_guard.add(result.stdout, result.stderr)
+    report, _ = json.JSONDecoder().raw_decode(result.stdout)
+    assert result.returncode == 0 and report["ok"] is True, result.stdout + result.stderr
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["aud"]["status"] == "ok" and AUDIENCE in checks["aud"]["detail"]
+    assert checks["exchange"]["status"] == "ok"
+    assert checks["exchange"]["detail"].startswith("gcp: GCP STS gave an access token")
+    assert sts.exchanges == 1 and sts.accepted[0]["aud"] == AUDIENCE
+
+
+BOTH = r"""
+import json, os, sys
+import boto3, google.auth
+from google.auth.transport.requests import AuthorizedSession
+credentials, _ = google.auth.default()
+reply = AuthorizedSession(credentials).get(sys.argv[1])
+arn = boto3.client("sts").get_caller_identity()["Arn"]
+print(json.dumps({"gcs": reply.status_code, "arn": arn}))
+"""
+
+
+def test_a_source_audience_for_aws_beside_a_gcp_target_with_its_own(
+        federation: Any, reference_idp: ReferenceIdP, sts: GcpSts, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    """source.audience serves the AWS target; the GCP target names its own
+    (subject_audience), so each token file carries its own target's aud: the child's plain
+    boto3 and google.auth.default() both work under one `keyless exec`."""
+    import yaml
+
+    spec = federation.config(session_name="both-{pid}")
+    assert spec["source"]["audience"] == "https://sts.amazonaws.com"
+    spec["target"]["gcp"] = {"audience": PROVIDER, "token_url": sts.token_url,
+                             "subject_audience": AUDIENCE, "project_id": "proj-test"}
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOOGLE_")}
+    env.update(federation.aws.env())
+    result = subprocess.run([sys.executable, "-m", "keyless", "exec", "--config", str(path),
+                             "--", sys.executable, "-c", BOTH,
+                             sts.object_url(BUCKET, "shard-0.bin")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    leak_guard.add(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["gcs"] == 200 and "/both-" in answer["arn"]
+    assert sts.accepted[0]["aud"] == AUDIENCE  # not the AWS audience
+    assert federation.aws.front.accepted[-1]["aud"] in ("sts.amazonaws.com",
+                                                       "https://sts.amazonaws.com")

@@ -84,3 +84,30 @@ def test_get_google_credentials_reads_through_the_fixture_sts(
         sts.object_url("data", "shard.bin"))
     assert reply.status_code == 200 and reply.content == b"gcs bytes"
     assert sts.accepted[0]["sub"] == "trainer"
+
+
+WHO = r"""
+import boto3, json
+print(json.dumps(boto3.client("sts").get_caller_identity()["Arn"]))
+"""
+
+
+def test_worker_env_drops_static_keys_of_the_parent(federation: Federation,
+                                                    leak_guard: LeakGuard,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A static AWS_ACCESS_KEY_ID in the worker's environment would beat web identity in the
+    AWS SDK's chain: the environment worker_env() yields leaves it out, so the child's plain
+    boto3 runs as keyless's session (the STS front saw it)."""
+    for key, value in {**federation.aws.env(), "AWS_ACCESS_KEY_ID": "AKIASTATICPARENT0000",
+                       "AWS_SECRET_ACCESS_KEY": "static-parent-secret"}.items():
+        monkeypatch.setenv(key, value)
+    block = KeylessCredentials(**federation.config(session_name="static-{pid}"))
+    with block.worker_env() as env:
+        assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+        result = subprocess.run([sys.executable, "-c", WHO], env=env, capture_output=True,
+                                text=True, timeout=120)
+    leak_guard.add(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stderr[-2000:]
+    arn = json.loads(result.stdout)
+    assert arn.endswith(f"/static-{os.getpid()}")
+    assert [a["session_name"] for a in federation.aws.front.accepted] == [f"static-{os.getpid()}"]

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 from urllib.parse import urlsplit
 
 import pydantic
@@ -49,6 +49,15 @@ __all__ = [
     "config_json_schema",
     "load_config",
 ]
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (the Hub URL a Hugging Face subject token names)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}"
 
 
 class _Spec(BaseModel):
@@ -262,6 +271,11 @@ class AwsTarget(_Spec):
     audience: str = Field(default="sts.amazonaws.com",
                           description="aud requested for the subject token.")
 
+    def token_audience(self) -> tuple[str, bool]:
+        """The subject token's aud for this target, and whether this target's own config sets
+        it (else ``source.audience``, when given, is requested instead)."""
+        return self.audience, "audience" in self.model_fields_set
+
     @field_validator("role_arn")
     @classmethod
     def _check_role_arn(cls, value: str) -> str:
@@ -313,6 +327,11 @@ class GcpTarget(_Spec):
             return self.subject_audience
         return "https:" + self.audience if self.audience.startswith("//") else self.audience
 
+    def token_audience(self) -> tuple[str, bool]:
+        """The subject token's aud (:attr:`requested_audience`), and whether
+        ``subject_audience`` sets it."""
+        return self.requested_audience, self.subject_audience is not None
+
     @model_validator(mode="after")
     def _check_access_boundary(self) -> GcpTarget:
         if self.access_boundary is not None:
@@ -328,6 +347,10 @@ class AzureTarget(_Spec):
     authority_host: str | None = None
     audience: str = "api://AzureADTokenExchange"
 
+    def token_audience(self) -> tuple[str, bool]:
+        """The subject token's aud, and whether this target's config sets it."""
+        return self.audience, "audience" in self.model_fields_set
+
 
 class DatabricksTarget(_Spec):
     """Databricks workload identity federation."""
@@ -336,6 +359,14 @@ class DatabricksTarget(_Spec):
     client_id: str | None = None
     audience: str | None = None
 
+    def token_audience(self) -> tuple[str, bool]:
+        """The subject token's aud (``audience``, else the workspace token endpoint
+        ``{host}/oidc/v1/token``, what the SDK's own OIDC flows request), and whether
+        ``audience`` sets it."""
+        host = self.host.rstrip("/")
+        host = host if "://" in host else f"https://{host}"
+        return self.audience or f"{host}/oidc/v1/token", self.audience is not None
+
 
 class HuggingFaceTarget(_Spec):
     """Hugging Face token exchange (RFC 8693)."""
@@ -343,6 +374,11 @@ class HuggingFaceTarget(_Spec):
     resource: str = Field(min_length=1, description="A user, org or repo.")
     token_url: str = "https://huggingface.co/oauth/token"
     audience: str | None = None
+
+    def token_audience(self) -> tuple[str, bool]:
+        """The subject token's aud (``audience``, else the origin of ``token_url``: the Hub),
+        and whether ``audience`` sets it."""
+        return self.audience or url_origin(self.token_url), self.audience is not None
 
 
 class OAuth2Target(_Spec):
@@ -357,6 +393,12 @@ class OAuth2Target(_Spec):
                                   "(default: audience, else token_url).")
     subject_token_type: str = "urn:ietf:params:oauth:token-type:jwt"
     requested_token_type: str | None = None
+
+    def token_audience(self) -> tuple[str, bool]:
+        """The subject token's aud (``subject_audience``, else ``audience``, else
+        ``token_url``), and whether one of the first two sets it."""
+        explicit = self.subject_audience or self.audience
+        return explicit or self.token_url, explicit is not None
 
 
 class TargetsSpec(_Spec):
@@ -374,6 +416,12 @@ class TargetsSpec(_Spec):
         if not any(getattr(self, name) is not None for name in type(self).model_fields):
             raise ValueError("give at least one target: " + ", ".join(type(self).model_fields))
         return self
+
+    def configured(self) -> dict[str, AwsTarget | GcpTarget | AzureTarget | DatabricksTarget
+                                 | HuggingFaceTarget | OAuth2Target]:
+        """Name -> spec of each configured target, in this class's field order."""
+        return {name: spec for name in type(self).model_fields
+                if (spec := getattr(self, name)) is not None}
 
 
 # ----------------------------------------------------------------------------- the rest
@@ -458,6 +506,30 @@ class KeylessConfig(_Spec):
             _check_url(path, url, self.allow_insecure_http)
         return self
 
+    @model_validator(mode="after")
+    def _check_audiences(self) -> KeylessConfig:
+        """``source.audience`` is requested for every target that does not set its own; it
+        cannot serve two such targets that need different audiences."""
+        if not self.source.audience:
+            return self
+        defaults = {name: spec.token_audience()[0]
+                    for name, spec in self.target.configured().items()
+                    if not spec.token_audience()[1]}
+        if len(set(defaults.values())) > 1:
+            needs = ", ".join(f"target.{name} needs {aud!r}" for name, aud in defaults.items())
+            fields = " and ".join(f"target.{name}.{_AUDIENCE_FIELD[name]}" for name in defaults)
+            raise _FieldProblem("source.audience", (
+                f"{self.source.audience!r} would be requested for every target, but {needs}; "
+                f"fix: remove source.audience, or set {fields} (each target then gets a token "
+                "for its own audience)"))
+        return self
+
+
+#: The field that sets a target's subject-token audience (see each spec's token_audience).
+_AUDIENCE_FIELD = {"aws": "audience", "gcp": "subject_audience", "azure": "audience",
+                   "databricks": "audience", "huggingface": "audience",
+                   "oauth2": "subject_audience"}
+
 
 _URL_FIELDS = frozenset({"token_url", "issuer", "sts_endpoint_url", "impersonation_url",
                          "authority_host", "host"})
@@ -530,8 +602,12 @@ def _is_union_tag(part: object) -> bool:
     return isinstance(part, str) and (part in _SOURCE_TYPES or part.startswith("function-"))
 
 
-_SOURCE_TYPES = ("file", "env", "github_actions", "gitlab", "gcp_metadata", "client_credentials",
-                 "token_exchange", "command", "ambient")
+#: Every source ``type``, in the union's order: the one list the schema, the factory and every
+#: "allowed types" message come from.
+SOURCE_TYPES: tuple[str, ...] = tuple(
+    get_args(spec.model_fields["type"].annotation)[0]
+    for spec in get_args(get_args(SourceSpec)[0]))
+_SOURCE_TYPES = SOURCE_TYPES
 
 
 def _validation_error(exc: pydantic.ValidationError) -> ConfigError:

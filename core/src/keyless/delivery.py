@@ -24,42 +24,32 @@ import tempfile
 import threading
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigError, KeylessError
 from .files import write_private_file
 from .identity import Keyless
+from .targets.registry import STATIC_AWS_VARIABLES, TARGETS, configured_kinds
 
 __all__ = ["TokenDirectory", "TokenFileKeeper", "sdk_environment", "worker_environment",
            "narrowing_fields",
            "STATIC_AWS_VARIABLES", "ENDPOINT_SHADOWED_VARIABLES", "endpoint_environment",
            "SHADOWING_VARIABLES", "shadowing_variables", "delivery_audiences"]
 
+if TYPE_CHECKING:
+    from .config import AwsTarget
+
 logger = logging.getLogger("keyless.delivery")
-
-#: Static-key variables removed from a child's environment: they would win over web identity
-#: in every AWS SDK's default chain.
-STATIC_AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                        "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
-
 
 #: Per target, the variables that would win over keyless's federated identity in the
 #: vendor SDK's default chain (static keys, secrets, tokens): removed from a child's environment.
 SHADOWING_VARIABLES: dict[str, tuple[str, ...]] = {
-    "aws": STATIC_AWS_VARIABLES,
-    "azure": ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
-              "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_USERNAME", "AZURE_PASSWORD"),
-    "databricks": ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_PASSWORD",
-                   "DATABRICKS_CONFIG_PROFILE"),
-    "huggingface": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
-}
+    kind.name: kind.shadowed for kind in TARGETS if kind.shadowed}
 
 
 def shadowing_variables(identity: Keyless) -> tuple[str, ...]:
     """The variables to drop from a child's environment for the configured targets."""
-    target = identity.config.target
-    return tuple(name for kind, names in SHADOWING_VARIABLES.items()
-                 if getattr(target, kind) is not None for name in names)
+    return tuple(name for kind, _ in configured_kinds(identity) for name in kind.shadowed)
 
 
 class TokenDirectory:
@@ -105,16 +95,8 @@ def narrowing_fields(identity: Keyless) -> dict[str, str]:
     """Target name -> the config field narrowing its credentials per worker in a way the
     SDKs' own variables cannot carry (``aws``: session_policy / policy_arns, ``gcp``:
     access_boundary)."""
-    found: dict[str, str] = {}
-    aws = identity.config.target.aws
-    if aws is not None and aws.session_policy is not None:
-        found["aws"] = "target.aws.session_policy"
-    elif aws is not None and aws.policy_arns:
-        found["aws"] = "target.aws.policy_arns"
-    gcp = identity.config.target.gcp
-    if gcp is not None and gcp.access_boundary is not None:
-        found["gcp"] = "target.gcp.access_boundary"
-    return found
+    return {kind.name: field for kind, spec in configured_kinds(identity)
+            if (field := kind.narrowing(spec)) is not None}
 
 
 _NARROWING_FIXES = {
@@ -155,53 +137,32 @@ def sdk_environment(identity: Keyless, files: dict[str, Path], *,
     delivered another way (AWS through the credential endpoint) and left out."""
     env: dict[str, str] = {}
     narrowing = narrowing_fields(identity)
-    aws = identity.config.target.aws if "aws" not in exclude else None
-    if aws is not None and _narrowed(narrowing, "aws", narrowed):
-        aws = None
-    if aws is not None and narrowed == "omit":  # shared variables: none has a rank to render
-        from .targets.aws import check_ranks_resolved
-
-        try:
-            check_ranks_resolved(aws, identity.context)
-        except ConfigError as exc:
-            logger.warning("keyless: %s; the AWS variables are not exported", exc.message)
-            aws = None
-    if aws is not None:
-        exchange = identity.aws()
-        env["AWS_WEB_IDENTITY_TOKEN_FILE"] = str(files[identity.resolve_audience(aws.audience)])
-        env["AWS_ROLE_ARN"] = aws.role_arn
-        env["AWS_ROLE_SESSION_NAME"] = exchange.session_name
-        env["AWS_REGION"] = exchange.region
-        env["AWS_DEFAULT_REGION"] = exchange.region
-        if exchange.sts_endpoint_url:
-            env["AWS_ENDPOINT_URL_STS"] = exchange.sts_endpoint_url
-    gcp = identity.config.target.gcp
-    if gcp is not None and _narrowed(narrowing, "gcp", narrowed):
-        gcp = None
-    if gcp is not None:  # an external_account JSON (0600) next to the token file
-        gcp_file = files[identity.resolve_audience(gcp.requested_audience)]
-        env["GOOGLE_APPLICATION_CREDENTIALS"] = str(
-            identity.gcp().write_external_account(gcp_file))
-        if gcp.project_id:
-            env["GOOGLE_CLOUD_PROJECT"] = gcp.project_id
-    # Azure, Databricks, Hugging Face: token-file paths and ids only (targets/azure.py, ...)
-    azure = identity.config.target.azure
-    if azure is not None:
-        from .targets.azure import azure_environment
-
-        env.update(azure_environment(
-            azure, str(files[identity.resolve_audience(azure.audience)])))
-    databricks = identity.config.target.databricks
-    if databricks is not None:
-        from .targets.databricks import databricks_audience, databricks_environment
-
-        env.update(databricks_environment(
-            databricks, str(files[identity.resolve_audience(databricks_audience(databricks))])))
+    for kind, spec in configured_kinds(identity):
+        if kind.environment is None or kind.name in exclude \
+                or _narrowed(narrowing, kind.name, narrowed):
+            continue
+        if kind.name == "aws" and narrowed == "omit" and not _ranks_resolved(identity, spec):
+            continue
+        env.update(kind.environment(identity, spec,
+                                    files[identity.target_audience(kind.name)]))
     from .targets.oauth2 import HF_FILE_KEY
 
     if identity.config.target.huggingface is not None and HF_FILE_KEY in files:
         env["HF_TOKEN_PATH"] = str(files[HF_FILE_KEY])  # never HF_TOKEN: no secret in env
     return env
+
+
+def _ranks_resolved(identity: Keyless, spec: AwsTarget) -> bool:
+    """Whether the AWS templates can be rendered for this (a node's shared) context; logs why
+    the AWS variables are left out when not."""
+    from .targets.aws import check_ranks_resolved
+
+    try:
+        check_ranks_resolved(spec, identity.context)
+    except ConfigError as exc:
+        logger.warning("keyless: %s; the AWS variables are not exported", exc.message)
+        return False
+    return True
 
 
 #: Variables dropped from a child's environment when it gets the loopback credential endpoint:
@@ -227,27 +188,11 @@ def endpoint_environment(identity: Keyless, endpoint_env: dict[str, str]) -> dic
 
 def delivery_audiences(identity: Keyless, exclude: Collection[str] = ()) -> list[str]:
     """The audiences that need a token file for the configured targets (less those in
-    ``exclude``, delivered another way; empty when that leaves none)."""
-    audiences: list[str] = []
-    aws = identity.config.target.aws
-    if aws is not None and "aws" not in exclude:
-        audiences.append(identity.resolve_audience(aws.audience))
-    gcp = identity.config.target.gcp
-    if gcp is not None and identity.resolve_audience(gcp.requested_audience) not in audiences:
-        audiences.append(identity.resolve_audience(gcp.requested_audience))
-    azure = identity.config.target.azure
-    if azure is not None:
-        audiences.append(identity.resolve_audience(azure.audience))
-    databricks = identity.config.target.databricks
-    if databricks is not None:
-        from .targets.databricks import databricks_audience
-
-        audiences.append(identity.resolve_audience(databricks_audience(databricks)))
-    for name in ("huggingface", "oauth2"):  # their subject tokens (the exchange happens here)
-        if getattr(identity.config.target, name) is not None:
-            exchange = identity.huggingface() if name == "huggingface" else identity.oauth2()
-            audiences.append(identity.resolve_audience(exchange.subject_audience))
-    audiences = list(dict.fromkeys(audiences))  # one file per distinct audience
+    ``exclude``, delivered another way; empty when that leaves none). The RFC 8693 targets'
+    subject tokens are among them: their exchange happens here."""
+    audiences = list(dict.fromkeys(  # one file per distinct audience
+        identity.target_audience(kind.name) for kind, _ in configured_kinds(identity)
+        if kind.name not in exclude))
     if not audiences and not exclude:
         audiences.append(identity.resolve_audience())
     return audiences

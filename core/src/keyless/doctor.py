@@ -73,16 +73,8 @@ class Check:
 
 
 def target_audience(identity: Keyless) -> str | None:
-    """The ``aud`` the configured target's receiver expects."""
-    target = identity.config.target
-    if target.aws is not None:
-        return target.aws.audience
-    if target.gcp is not None:
-        return target.gcp.subject_audience or target.gcp.audience
-    for other in (target.azure, target.databricks, target.huggingface, target.oauth2):
-        audience = getattr(other, "audience", None) if other is not None else None
-        if isinstance(audience, str) and audience:
-            return audience
+    """The ``aud`` the first configured target's receiver expects (the audience keyless
+    requests the subject token for: :meth:`keyless.Keyless.target_audience`)."""
     return identity.default_audience()
 
 
@@ -290,29 +282,22 @@ def _seconds(value: object) -> float | None:
 
 
 def _exchange(report: _Report, identity: Keyless | None) -> None:
+    """One real exchange per configured target (the registry's dry runs), one check line."""
+    from .targets.registry import configured_kinds
+
     if identity is None:
         report.add("exchange", "skip", "dry-run exchange needs --config")
         return
-    if identity.config.target.aws is None:
-        report.add("exchange", "skip", "dry-run exchange is implemented for target.aws only")
-        return
-    from .targets.aws import check_ranks_resolved
-
-    context, sample = identity.context, ""
-    try:
-        check_ranks_resolved(identity.config.target.aws, context)
-    except KeylessError:  # a per-rank config checked from the launcher: try it as rank 0
-        context = context.with_values(rank=context.rank or "0",
-                                      local_rank=context.local_rank or "0")
-        sample = "; rendered for rank 0, local rank 0: this process has no rank"
-    try:
-        exchange = identity.aws(context)
-        exchange.credentials().get_frozen_credentials()
-    except KeylessError as exc:
-        report.add("exchange", "FAIL", exc.message)
-        return
-    report.add("exchange", "ok", f"AssumeRoleWithWebIdentity as {exchange.target.role_arn} "
-               f"gave credentials (session name {exchange.session_name!r}{sample})")
+    done: list[str] = []
+    for kind, _spec in configured_kinds(identity):
+        if kind.dry_run is None:
+            continue
+        try:
+            done.append(f"{kind.name}: {kind.dry_run(identity)}")
+        except KeylessError as exc:
+            report.add("exchange", "FAIL", exc.message)
+            return
+    report.add("exchange", "ok", "; ".join(done))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -124,31 +124,29 @@ class Keyless:
         return self._rng if self._rng is not None else random.Random()  # noqa: S311
 
     # ------------------------------------------------------------------ subject tokens
+    def target_audience(self, name: str) -> str:
+        """The aud of the subject tokens exchanged for ``target.<name>``: the target's own
+        (its audience field, or ``subject_audience``) when its config sets one, else
+        ``source.audience`` when given, else the target's default (the config refuses a
+        ``source.audience`` that two targets needing different audiences would share)."""
+        audience, own = self._target(name).token_audience()
+        return audience if own else (self.config.source.audience or audience)
+
     def default_audience(self) -> str | None:
-        """The subject-token audience when none is asked for: the source's, else the first
-        target's."""
-        if self.config.source.audience:
-            return self.config.source.audience
-        target = self.config.target
-        if target.aws is not None:
-            return target.aws.audience
-        if target.gcp is not None:
-            return target.gcp.requested_audience
-        if target.azure is not None:
-            return target.azure.audience
-        for other in (target.databricks, target.huggingface, target.oauth2):
-            if other is not None and other.audience:
-                return other.audience
-        return None
+        """The subject-token audience when none is asked for: the first target's
+        (:meth:`target_audience`)."""
+        targets = self.config.target.configured()
+        return self.target_audience(next(iter(targets))) if targets else \
+            self.config.source.audience
 
     def aws_audience(self) -> str:
         """The audience of the subject tokens exchanged at AWS STS."""
-        return self.resolve_audience(self._target("aws").audience)
+        return self.target_audience("aws")
 
     def resolve_audience(self, audience: str | None = None) -> str:
-        """The audience a token is really requested for: the source's explicit ``audience``
-        wins, else the one asked for, else :meth:`default_audience` ("" when none)."""
-        return self.config.source.audience or audience or self.default_audience() or ""
+        """The audience a token is really requested for: the one asked for, else
+        :meth:`default_audience` ("" when none)."""
+        return audience or self.default_audience() or ""
 
     def token_refresher(self, audience: str | None = None) -> Refresher[SubjectToken]:
         """The refresher that owns the subject token for ``audience`` in this process."""
@@ -218,7 +216,7 @@ class Keyless:
         target = self._target("aws")
 
         def build(worker: WorkerContext) -> AwsExchange:
-            return AwsExchange(target, tokens=self.subject_token,
+            return AwsExchange(target, tokens=self.subject_token, audience=self.aws_audience(),
                                source_name=self.config.source.type, context=worker,
                                policy=self.policy, audit=self.audit, environ=self.environ,
                                rng=self._random())
@@ -275,7 +273,8 @@ class Keyless:
 
         target = self._target("azure")
         credential: AzureCredential = self._exchange("azure", lambda: AzureCredential(
-            target, tokens=self.subject_token, clock=self.clock, policy=self.policy,
+            target, tokens=self.subject_token, audience=self.target_audience("azure"),
+            clock=self.clock, policy=self.policy,
             audit=self.audit, source_name=self.config.source.type,
             context=self.context, rng=self._random(), **credential_kwargs))
         return credential
@@ -286,7 +285,8 @@ class Keyless:
 
         target = self._target("databricks")
         exchange: DatabricksExchange = self._exchange("databricks", lambda: DatabricksExchange(
-            target, tokens=self.subject_token, audit=self.audit,
+            target, tokens=self.subject_token, audience=self.target_audience("databricks"),
+            audit=self.audit,
             source_name=self.config.source.type, context=self.context))
         return exchange
 
@@ -326,7 +326,8 @@ class Keyless:
 
         target = self._target("gcp")
         exchange: GcpExchange = self._exchange("gcp", lambda: GcpExchange(
-            target, tokens=self.subject_token, source_name=self.config.source.type,
+            target, tokens=self.subject_token, audience=self.target_audience("gcp"),
+            source_name=self.config.source.type,
             context=self.context, policy=self.policy, audit=self.audit,
             environ=self.environ, clock=self.clock, rng=self._random()))
         return exchange

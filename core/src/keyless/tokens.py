@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -11,7 +12,7 @@ import jwt
 from .errors import SourceMisconfigured
 from .secret import Secret
 
-__all__ = ["SubjectToken", "read_claims"]
+__all__ = ["SubjectToken", "TokenGetter", "read_claims"]
 
 
 def read_claims(raw: str, origin: str) -> dict[str, Any]:
@@ -103,3 +104,8 @@ class SubjectToken:
     def __repr__(self) -> str:
         return (f"SubjectToken(origin={self.origin!r}, iss={self.issuer!r}, sub={self.subject!r}, "
                 f"aud={self.audience!r}, exp={self.expires_at:.0f}, sha256={self.fingerprint})")
+
+
+#: How an exchange gets subject tokens: ``tokens(audience)`` is a valid token for that aud
+#: (``Keyless.subject_token``: cached and refreshed by its one owner, the refresher).
+TokenGetter = Callable[[str], SubjectToken]

@@ -104,15 +104,8 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _target_audiences(identity: Keyless) -> dict[str, str]:
-    target = identity.config.target
-    found: dict[str, str] = {}
-    if target.aws is not None:
-        found["aws"] = identity.resolve_audience(target.aws.audience)
-    if target.gcp is not None:
-        found["gcp"] = identity.resolve_audience(target.gcp.requested_audience)
-    if target.azure is not None:
-        found["azure"] = identity.resolve_audience(target.azure.audience)
-    return found
+    """Target name -> the audience of its subject tokens (keyless's one rule for all)."""
+    return {name: identity.target_audience(name) for name in identity.config.target.configured()}
 
 
 def worker_manifest(identity: Keyless, ident: str, files: Mapping[str, Path]) -> dict[str, Any]:

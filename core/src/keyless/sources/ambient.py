@@ -16,7 +16,9 @@ applies but is broken raises (an empty token file, a refused request): that is n
 Nothing applies -> :class:`SourceUnavailable` listing what was tried and how to configure a
 source explicitly. The chain is rebuilt from ``environ`` at every fetch.
 
-Audience precedence: an explicit ``spec.audience`` wins, else the caller's audience; it is
+Audience precedence: the caller's audience wins (keyless asks for each target's own,
+which is ``source.audience`` where the target names none: ``Keyless.target_audience``),
+else ``spec.audience``; it is
 handed to every detector (file and GitLab detectors ignore it).
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from ..config import AmbientSource, FileSource, GitlabSource
+from ..config import SOURCE_TYPES, AmbientSource, FileSource, GitlabSource
 from ..errors import SourceUnavailable
 from ..tokens import SubjectToken
 from .base import HttpClientFactory, Source, default_http_client
@@ -94,7 +96,7 @@ class AmbientTokenSource:
         return chain
 
     def fetch(self, audience: str | None) -> SubjectToken | None:
-        wanted = self.spec.audience or audience
+        wanted = audience or self.spec.audience
         tried: list[str] = []
         for label, source in self.detectors():
             token = source.fetch(wanted) if source is not None else None
@@ -104,8 +106,8 @@ class AmbientTokenSource:
         raise SourceUnavailable(
             "source ambient: no token source found here; tried: " + "; ".join(tried)
             + ". fix: set KEYLESS_OIDC_TOKEN_FILE to a token file, or configure the source "
-            "explicitly in the config's `source:` (type file, env, github_actions, gitlab, "
-            "gcp_metadata, client_credentials, token_exchange or command; see `keyless schema`)")
+            "explicitly in the config's `source:` (type "
+            + ", ".join(t for t in SOURCE_TYPES if t != "ambient") + "; see `keyless schema`)")
 
     def __repr__(self) -> str:
         return (f"AmbientTokenSource(audience={self.spec.audience!r}, "

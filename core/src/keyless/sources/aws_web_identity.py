@@ -59,8 +59,8 @@ class AwsWebIdentityTokenSourceImpl:
         return boto3.session.Session().client("sts", **kwargs)
 
     def fetch(self, audience: str | None) -> SubjectToken:
-        """A new token for ``spec.audience``, else the requested ``audience``."""
-        wanted = self.spec.audience or audience
+        """A new token for the requested ``audience``, else ``spec.audience``."""
+        wanted = audience or self.spec.audience
         if not wanted:
             raise SourceMisconfigured(
                 "source aws_web_identity_token: no audience; fix: set `source.audience` (the "

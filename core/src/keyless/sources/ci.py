@@ -2,7 +2,9 @@
 
 GitHub Actions: GET ``$ACTIONS_ID_TOKEN_REQUEST_URL`` with ``&audience=`` appended (URL-encoded)
 and ``Authorization: Bearer $ACTIONS_ID_TOKEN_REQUEST_TOKEN``; the answer is ``{"value": JWT}``.
-Audience precedence: an explicit ``spec.audience`` wins, else the caller's audience, else none
+Audience precedence: the caller's audience wins (keyless asks for each target's own,
+which is ``source.audience`` where the target names none: ``Keyless.target_audience``),
+else ``spec.audience``, else none
 (GitHub then uses the repository owner's URL). The variables exist only when the job has
 ``permissions: id-token: write``: without them the source is "not here" (``None``) in ambient
 detection (``detect=True``) and :class:`SourceMisconfigured` when configured explicitly.
@@ -60,7 +62,7 @@ class GithubActionsTokenSource:
             raise SourceMisconfigured(
                 f"{_COMPONENT_GH}: ${missing} not set: {running}the job may not request OIDC "
                 f"tokens; fix: {_PERMISSION_FIX}")
-        wanted = self.spec.audience or audience
+        wanted = audience or self.spec.audience
         if wanted:
             url += ("&" if "?" in url else "?") + "audience=" + quote(wanted, safe="")
         response = send(_COMPONENT_GH, self._http(), "GET", url,
@@ -99,7 +101,7 @@ class GitlabTokenSource:
         if not raw:
             if self.detect:
                 return None
-            aud = self.spec.audience or audience or "https://sts.amazonaws.com"
+            aud = audience or self.spec.audience or "https://sts.amazonaws.com"
             raise SourceMisconfigured(
                 f"source gitlab: ${variable} is not set; fix: add to the job in .gitlab-ci.yml "
                 f"`id_tokens: {{{variable}: {{aud: {aud}}}}}`")

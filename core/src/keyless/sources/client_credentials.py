@@ -14,7 +14,9 @@ given, else ``client_secret_basic``):
   ``iss = sub = client_id``, ``aud`` = token endpoint, random ``jti``, ``iat``/``exp`` from the
   injected clock (``exp = iat + 300``), header ``kid`` when ``key_id`` is given.
 
-Audience precedence: an explicit ``spec.audience`` wins, else the caller's audience. It is sent
+Audience precedence: the caller's audience wins (keyless asks for each target's own,
+which is ``source.audience`` where the target names none: ``Keyless.target_audience``),
+else ``spec.audience``. It is sent
 as ``resource=`` (RFC 8707, default) or ``audience=`` (``spec.audience_parameter``);
 ``spec.resource``, when set, is sent as ``resource=`` instead of the audience. ``scope`` when
 given.
@@ -124,7 +126,7 @@ class ClientCredentialsTokenSource:
         form: dict[str, str] = {"grant_type": "client_credentials"}
         if spec.scope:
             form["scope"] = spec.scope
-        wanted = spec.audience or audience
+        wanted = audience or spec.audience
         if spec.audience_parameter == "audience":
             if wanted:
                 form["audience"] = wanted

@@ -1,6 +1,8 @@
 """A command that prints a token: ``spec.command`` is run (argv, no shell) on every fetch.
 
-Audience precedence: an explicit ``spec.audience`` wins, else the caller's audience; when one is
+Audience precedence: the caller's audience wins (keyless asks for each target's own,
+which is ``source.audience`` where the target names none: ``Keyless.target_audience``),
+else ``spec.audience``; when one is
 known the child gets it as ``$KEYLESS_AUDIENCE`` (on top of the injected ``environ``, default
 ``os.environ``). Stdout is a JWT, or a JSON object whose ``id_token``, ``access_token``,
 ``token`` or ``value`` (the first present, in that order) is the JWT.
@@ -48,7 +50,7 @@ class CommandTokenSource:
     def fetch(self, audience: str | None) -> SubjectToken | None:
         environ = self._environ if self._environ is not None else os.environ
         env = dict(environ)
-        wanted = self.spec.audience or audience
+        wanted = audience or self.spec.audience
         if wanted:
             env[AUDIENCE_VARIABLE] = wanted
         component = f"source command {self.program!r}"

@@ -4,7 +4,9 @@ GET ``http://{host}/computeMetadata/v1/instance/service-accounts/default/identit
 ?audience=...&format=full`` with ``Metadata-Flavor: Google``; the answer's body is the JWT.
 Host: ``spec.metadata_host``, else ``$GCE_METADATA_HOST``, else ``metadata.google.internal``.
 
-Audience precedence: an explicit ``spec.audience`` wins, else the caller's audience; one of them
+Audience precedence: the caller's audience wins (keyless asks for each target's own,
+which is ``source.audience`` where the target names none: ``Keyless.target_audience``),
+else ``spec.audience``; one of them
 is required (:class:`SourceMisconfigured` otherwise).
 
 With ``detect=True`` (ambient detection) a quick probe (``probe_timeout`` seconds) runs first:
@@ -68,7 +70,7 @@ class GcpMetadataTokenSource:
     def fetch(self, audience: str | None) -> SubjectToken | None:
         if self.detect and not self.probe():
             return None
-        wanted = self.spec.audience or audience
+        wanted = audience or self.spec.audience
         host = self.host()
         if not wanted:
             raise SourceMisconfigured(

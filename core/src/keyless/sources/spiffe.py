@@ -49,8 +49,8 @@ class SpiffeTokenSource:
                 "$SPIFFE_ENDPOINT_SOCKET") from None
 
     def fetch(self, audience: str | None) -> SubjectToken:
-        """A JWT-SVID for ``spec.audience``, else the requested ``audience``."""
-        wanted = self.spec.audience or audience
+        """A JWT-SVID for the requested ``audience``, else ``spec.audience``."""
+        wanted = audience or self.spec.audience
         if not wanted:
             raise SourceMisconfigured("source spiffe: no audience; fix: set `source.audience`")
         client = self._workload_api()

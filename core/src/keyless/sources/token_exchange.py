@@ -7,7 +7,9 @@ Request (form): ``grant_type=urn:ietf:params:oauth:grant-type:token-exchange``,
 authentication: HTTP Basic (RFC 6749 §2.3.1) when ``client_id`` and ``client_secret`` are given;
 ``client_id`` alone is sent in the form (a public client).
 
-Audience precedence: an explicit ``spec.audience`` wins, else the caller's audience. The nested
+Audience precedence: the caller's audience wins (keyless asks for each target's own,
+which is ``source.audience`` where the target names none: ``Keyless.target_audience``),
+else ``spec.audience``. The nested
 sources are fetched for their own ``audience`` (their spec's), not the caller's: the caller's
 audience is for the exchanged token, the nested token is for this exchange server.
 
@@ -76,7 +78,7 @@ class TokenExchangeTokenSource:
             form["actor_token"] = actor.token.reveal()
             form["actor_token_type"] = spec.actor_token_type
             sent_secrets.append(actor.token.reveal())
-        wanted = spec.audience or audience
+        wanted = audience or spec.audience
         if wanted:
             form["audience"] = wanted
         if spec.resource:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..audit import AuditEvent, AuditLog
+from ..audit import AuditLog
 from ..config import AwsTarget
 from ..context import (
     WorkerContext,
@@ -31,7 +31,8 @@ from ..context import (
 )
 from ..errors import ConfigError, KeylessError
 from ..refresher import RefreshPolicy, due_fraction
-from ..tokens import SubjectToken
+from ..tokens import SubjectToken, TokenGetter
+from .audited import ExchangeAudit
 from .aws_errors import translate_sts_error
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ __all__ = ["AwsExchange", "aws_request_key", "aws_templates", "check_ranks_resol
 
 logger = logging.getLogger("keyless.aws")
 
-TokenGetter = Callable[[str], SubjectToken]
 
 
 def resolve_region(target: AwsTarget, environ: Mapping[str, str]) -> str:
@@ -197,13 +197,14 @@ class AwsExchange:
 
     def __init__(self, target: AwsTarget, *, tokens: TokenGetter, source_name: str,
                  context: WorkerContext, policy: RefreshPolicy, audit: AuditLog,
-                 environ: Mapping[str, str], rng: random.Random | None = None) -> None:
+                 environ: Mapping[str, str], rng: random.Random | None = None,
+                 audience: str | None = None) -> None:
         self.target = target
+        self.audience = audience or target.audience  # the subject token's aud
         self._tokens = tokens
-        self._source_name = source_name
         self.context = context
         self._policy = policy
-        self._audit = audit
+        self._record = ExchangeAudit(audit, source_name, "aws", context)
         self._environ = environ
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.region = resolve_region(target, environ)
@@ -236,7 +237,7 @@ class AwsExchange:
 
     # ------------------------------------------------------------------ botocore wiring
     def _token_loader(self) -> str:
-        token = self._tokens(self.target.audience)
+        token = self._tokens(self.audience)
         with self._lock:
             self._last_token = token
         return token.token.reveal()
@@ -268,27 +269,18 @@ class AwsExchange:
 
         return create
 
-    def _fetch_metadata(self, fetcher: Any) -> dict[str, Any]:
-        try:
-            metadata: dict[str, Any] = fetcher.fetch_credentials()
-        except Exception as exc:
-            with self._lock:
-                token = self._last_token
-            error = translate_sts_error(exc, role_arn=self.target.role_arn, token=token)
-            self._audit.emit(AuditEvent.for_failure(
-                error, source=self._source_name, target="aws", context=self.context.as_dict(),
-                principal=self.target.role_arn, tags=self.session_tags(),
-                **self._audited_names()))
-            if error is exc:
-                raise
-            raise error from None
+    def _last(self) -> SubjectToken | None:
         with self._lock:
-            token = self._last_token
-        if token is not None:
-            self._audit.emit(AuditEvent.for_token(
-                "exchange", token, source=self._source_name, target="aws",
-                context=self.context.as_dict(), principal=self.target.role_arn,
-                tags=self.session_tags(), **self._audited_names()))
+            return self._last_token
+
+    def _fetch_metadata(self, fetcher: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {"principal": self.target.role_arn,
+                                  "tags": self.session_tags(), **self._audited_names()}
+        metadata: dict[str, Any] = self._record.call(
+            fetcher.fetch_credentials, token=self._last, **fields,
+            translate=lambda exc: translate_sts_error(exc, role_arn=self.target.role_arn,
+                                                      token=self._last()))
+        self._record.exchanged(self._last(), "exchange", **fields)
         return metadata
 
     def _audited_names(self) -> dict[str, str]:

@@ -24,22 +24,21 @@ from __future__ import annotations
 import random
 import re
 import threading
-from collections.abc import Callable
 from typing import Any
 
-from ..audit import AuditEvent, AuditLog
+from ..audit import AuditLog
 from ..clock import Clock
 from ..config import AzureTarget
 from ..context import WorkerContext
 from ..errors import ExchangeFailed, KeylessError, TokenRejected
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..sources._common import scrub
-from ..tokens import SubjectToken
+from ..tokens import SubjectToken, TokenGetter
+from .audited import ExchangeAudit
 from .oauth2 import claim_at_fault
 
 __all__ = ["AzureCredential", "azure_environment", "translate_azure_error"]
 
-TokenGetter = Callable[[str], SubjectToken]
 
 _AADSTS_CLAIMS = {
     "700211": "iss", "700212": "aud", "700213": "sub", "700024": "exp",
@@ -123,14 +122,14 @@ class AzureCredential:
     def __init__(self, target: AzureTarget, *, tokens: TokenGetter, clock: Clock,
                  policy: RefreshPolicy, audit: AuditLog, source_name: str,
                  context: WorkerContext, rng: random.Random | None = None,
-                 **credential_kwargs: Any) -> None:
+                 audience: str | None = None, **credential_kwargs: Any) -> None:
         identity = _import_azure()
         self.target = target
+        self.audience = audience or target.audience  # the subject token's aud
         self._tokens = tokens
         self._clock = clock
         self._policy = policy
-        self._audit = audit
-        self._source_name = source_name
+        self._record = ExchangeAudit(audit, source_name, "azure", context)
         self._context = context
         self._rng = rng
         self._lock = threading.Lock()
@@ -190,31 +189,24 @@ class AzureCredential:
 
     # ------------------------------------------------------------------ internals
     def _assertion(self) -> str:
-        token = self._tokens(self.target.audience)
+        token = self._tokens(self.audience)
         with self._lock:
             self._last_token = token
         return token.token.reveal()
 
-    def _request(self, scopes: tuple[str, ...], options: dict[str, Any]) -> Any:
-        try:
-            info = self._inner.get_token_info(*scopes, options=options)
-        except Exception as exc:
-            with self._lock:
-                token = self._last_token
-            error = translate_azure_error(exc, token=token, target=self.target)
-            self._audit.emit(AuditEvent.for_failure(
-                error, source=self._source_name, target="azure",
-                context=self._context.as_dict(), token=token, principal=self.target.client_id))
-            if error is exc:
-                raise
-            raise error from None
+    def _last(self) -> SubjectToken | None:
         with self._lock:
-            token = self._last_token
+            return self._last_token
+
+    def _request(self, scopes: tuple[str, ...], options: dict[str, Any]) -> Any:
+        info = self._record.call(
+            lambda: self._inner.get_token_info(*scopes, options=options), token=self._last,
+            principal=self.target.client_id,
+            translate=lambda exc: translate_azure_error(exc, token=self._last(),
+                                                        target=self.target))
+        with self._lock:
             self.exchanges += 1
-        if token is not None:
-            self._audit.emit(AuditEvent.for_token(
-                "exchange", token, source=self._source_name, target="azure",
-                context=self._context.as_dict(), principal=self.target.client_id))
+        self._record.exchanged(self._last(), principal=self.target.client_id)
         return info
 
     def _fetch(self, scopes: tuple[str, ...], options: dict[str, Any]) -> Fetched[Any]:

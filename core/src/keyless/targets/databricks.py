@@ -20,27 +20,26 @@ Subprocesses use the SDK's ``file-oidc`` auth (``DATABRICKS_AUTH_TYPE=file-oidc`
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
-from ..audit import AuditEvent, AuditLog
+from ..audit import AuditLog
 from ..config import DatabricksTarget
 from ..context import WorkerContext
 from ..errors import ExchangeFailed, KeylessError, TokenRejected
 from ..sources._common import scrub
-from ..tokens import SubjectToken
+from ..tokens import SubjectToken, TokenGetter
+from .audited import ExchangeAudit
 from .oauth2 import claim_at_fault
 
 __all__ = ["AUTH_TYPE", "DatabricksExchange", "databricks_audience", "databricks_environment"]
 
 AUTH_TYPE = "keyless-oidc"
 
-TokenGetter = Callable[[str], SubjectToken]
 
 
 def databricks_audience(target: DatabricksTarget) -> str:
-    """The aud requested for the subject token."""
-    return target.audience or f"{_host(target.host)}/oidc/v1/token"
+    """The aud requested for the subject token (see ``DatabricksTarget.token_audience``)."""
+    return target.token_audience()[0]
 
 
 def _host(host: str) -> str:
@@ -67,12 +66,11 @@ class DatabricksExchange:
     """
 
     def __init__(self, target: DatabricksTarget, *, tokens: TokenGetter, audit: AuditLog,
-                 source_name: str, context: WorkerContext) -> None:
+                 source_name: str, context: WorkerContext, audience: str | None = None) -> None:
         self.target = target
-        self.audience = databricks_audience(target)
+        self.audience = audience or databricks_audience(target)
         self._tokens = tokens
-        self._audit = audit
-        self._source_name = source_name
+        self._record = ExchangeAudit(audit, source_name, "databricks", context)
         self._context = context
         self._lock = threading.Lock()
         self._last_token: SubjectToken | None = None
@@ -156,30 +154,22 @@ class DatabricksExchange:
 
         return sdk.credentials_provider.OAuthCredentialsProvider(headers, token)
 
+    def _last(self) -> SubjectToken | None:
+        with self._lock:
+            return self._last_token
+
     def _token(self, source: Any) -> Any:
         with self._lock:
             before = self._requests
-        try:
-            value = source.token()
-        except Exception as exc:
-            with self._lock:
-                last = self._last_token
-            error = self._translate(exc, last)
-            self._audit.emit(AuditEvent.for_failure(
-                error, source=self._source_name, target="databricks",
-                context=self._context.as_dict(), token=last, principal=self.target.client_id))
-            if error is exc:
-                raise
-            raise error from None
+        value = self._record.call(source.token, token=self._last,
+                                  principal=self.target.client_id,
+                                  translate=lambda exc: self._translate(exc, self._last()))
         with self._lock:
             exchanged = self._requests != before
-            last = self._last_token
             if exchanged:
                 self.exchanges += 1
-        if exchanged and last is not None:
-                self._audit.emit(AuditEvent.for_token(
-                    "exchange", last, source=self._source_name, target="databricks",
-                    context=self._context.as_dict(), principal=self.target.client_id))
+        if exchanged:
+            self._record.exchanged(self._last(), principal=self.target.client_id)
         return value
 
     def _translate(self, exc: BaseException, token: SubjectToken | None) -> KeylessError:

@@ -26,12 +26,12 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..audit import AuditEvent, AuditLog, redact
+from ..audit import AuditLog, redact
 from ..clock import Clock, SystemClock
 from ..config import GcpTarget
 from ..context import WorkerContext, render_json_template
@@ -40,13 +40,13 @@ from ..files import write_private_file
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
 from ..sources._common import safe_url
-from ..tokens import SubjectToken
+from ..tokens import SubjectToken, TokenGetter
+from .audited import ExchangeAudit
 
 __all__ = ["DEFAULT_IMPERSONATION_URL", "SUBJECT_TOKEN_TYPE", "GcpExchange"]
 
 logger = logging.getLogger("keyless.gcp")
 
-TokenGetter = Callable[[str], SubjectToken]
 SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 DEFAULT_IMPERSONATION_URL = ("https://iamcredentials.googleapis.com/v1/projects/-/"
                              "serviceAccounts/{sa}:generateAccessToken")
@@ -126,15 +126,15 @@ class GcpExchange:
     def __init__(self, target: GcpTarget, *, tokens: TokenGetter, source_name: str,
                  context: WorkerContext, policy: RefreshPolicy, audit: AuditLog,
                  environ: Mapping[str, str], clock: Clock | None = None,
-                 rng: random.Random | None = None, request: Any = None) -> None:
+                 rng: random.Random | None = None, request: Any = None,
+                 audience: str | None = None) -> None:
         self.target = target
         self._tokens = tokens
-        self._source_name = source_name
         self.context = context
-        self._audit = audit
+        self._record = ExchangeAudit(audit, source_name, "gcp", context)
         self._environ = environ
         self._request = request
-        self.subject_audience = target.requested_audience
+        self.subject_audience = audience or target.requested_audience
         sa = target.service_account
         self.impersonation_url = (target.impersonation_url or DEFAULT_IMPERSONATION_URL.format(
             sa=sa)) if sa else None
@@ -266,26 +266,19 @@ class GcpExchange:
         self._used = None
         clock_start = self.clock.time()
         wall_start = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # google-auth: naive UTC
-        try:
-            inner.refresh(transport)
-        except Exception as exc:
-            error = self._translate(exc, transport.responses, self._used or self._last)
-            self._audit.emit(AuditEvent.for_failure(
-                error, source=self._source_name, target="gcp", context=self.context.as_dict(),
-                principal=self.principal, token=self._used or self._last))
-            if error is exc:
-                raise
-            raise error from None
+        self._record.call(
+            lambda: inner.refresh(transport), token=lambda: self._used or self._last,
+            principal=self.principal,
+            translate=lambda exc: self._translate(exc, transport.responses,
+                                                  self._used or self._last))
         token, expiry = inner.token, inner.expiry
         if not token or expiry is None:
             raise ExchangeFailed("gcp-sts: the answer had no access_token or expiry; fix: check "
                                  "target.gcp.token_url points at Google's STS", retryable=True)
         used = self._used
-        if used is not None or self._last is not None:
-            self._audit.emit(AuditEvent.for_token(
-                "exchange" if used is not None else "refresh", used or self._last,
-                source=self._source_name, target="gcp", context=self.context.as_dict(),
-                principal=self.principal))
+        self._record.exchanged(used or self._last,
+                               "exchange" if used is not None else "refresh",
+                               principal=self.principal)
         expires_at = clock_start + (expiry - wall_start).total_seconds()
         return Fetched(_Access(Secret(str(token)), expires_at), expires_at=expires_at,
                        issued_at=clock_start)

@@ -26,16 +26,15 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 
-from ..audit import AuditEvent, AuditLog
+from ..audit import AuditLog
 from ..clock import Clock
+from ..config import url_origin
 from ..context import WorkerContext
 from ..errors import (
     ExchangeFailed,
-    KeylessError,
     SourceMisconfigured,
     SourceUnavailable,
     TokenRejected,
@@ -43,7 +42,8 @@ from ..errors import (
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
 from ..sources._common import OAUTH_FIXES, json_object, safe_url, scrub, send
-from ..tokens import SubjectToken
+from ..tokens import SubjectToken, TokenGetter
+from .audited import ExchangeAudit
 
 __all__ = [
     "GRANT_TYPE",
@@ -64,7 +64,6 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 
-TokenGetter = Callable[[str], SubjectToken]
 
 _CLAIM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("aud", re.compile(r"\baud\b|\baudiences?\b", re.I)),
@@ -87,11 +86,7 @@ def claim_at_fault(description: str) -> str | None:
 
 def origin(url: str) -> str:
     """``scheme://host[:port]`` of ``url`` (the Hub URL a Hugging Face subject token names)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}"
+    return url_origin(url)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -138,8 +133,7 @@ class TokenExchange:
         self._tokens = tokens
         self._http = http
         self._clock = clock
-        self._audit = audit
-        self._source_name = source_name
+        self._record = ExchangeAudit(audit, source_name, name, context)
         self._context = context
         self.exchanges = 0
         self.refresher: Refresher[ExchangedToken] = Refresher(
@@ -171,18 +165,10 @@ class TokenExchange:
     def _fetch(self) -> Fetched[ExchangedToken]:
         subject = self._tokens(self.subject_audience)
         fields = {**self.request_fields(), "subject_token": subject.token.reveal()}
-        try:
-            response = self._post(fields)
-            result = self._parse(response, subject)
-        except KeylessError as exc:
-            self._audit.emit(AuditEvent.for_failure(
-                exc, source=self._source_name, target=self.name,
-                context=self._context.as_dict(), token=subject, principal=self.resource))
-            raise
+        result = self._record.call(lambda: self._parse(self._post(fields), subject),
+                                   token=lambda: subject, principal=self.resource)
         self.exchanges += 1
-        self._audit.emit(AuditEvent.for_token(
-            "exchange", subject, source=self._source_name, target=self.name,
-            context=self._context.as_dict(), principal=self.resource or self.audience))
+        self._record.exchanged(subject, principal=self.resource or self.audience)
         return Fetched(value=result, expires_at=result.expires_at,
                        issued_at=self._clock.time())
 
@@ -285,14 +271,16 @@ class _Identity(Protocol):
 
     def subject_token(self, audience: str | None = None) -> SubjectToken: ...
 
+    def target_audience(self, name: str) -> str: ...
+
 
 def oauth2_exchange(identity: _Identity, http: Callable[[], httpx.Client]) -> TokenExchange:
     """The generic RFC 8693 exchange for ``target.oauth2``. The subject token is requested for
-    ``subject_audience``, else ``audience``, else ``token_url``."""
+    the target's audience (``subject_audience``, else ``audience``, else ``token_url``)."""
     target = identity.config.target.oauth2
     return TokenExchange(
         name="oauth2", token_url=target.token_url,
-        subject_audience=target.subject_audience or target.audience or target.token_url,
+        subject_audience=identity.target_audience("oauth2"),
         tokens=identity.subject_token, http=http, clock=identity.clock,
         policy=identity.policy, audit=identity.audit,
         source_name=identity.config.source.type, context=identity.context,
@@ -308,7 +296,7 @@ def huggingface_exchange(identity: _Identity,
     target = identity.config.target.huggingface
     return TokenExchange(
         name="huggingface", token_url=target.token_url,
-        subject_audience=target.audience or origin(target.token_url),
+        subject_audience=identity.target_audience("huggingface"),
         tokens=identity.subject_token, http=http, clock=identity.clock,
         policy=identity.policy, audit=identity.audit,
         source_name=identity.config.source.type, context=identity.context,
