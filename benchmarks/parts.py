@@ -9,7 +9,7 @@ from typing import Any
 
 from keyless import Keyless
 from keyless.config import GcpTarget
-from keyless.devissuer import DevIssuer
+from keyless.dev.issuer import DevIssuer
 from keyless.targets.gcp import GcpExchange
 
 __all__ = ["GCP_AUDIENCE", "google_identity_pool", "keyless_gcp", "token_file_identity"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from keyless.devissuer import DevClient, DevIssuer
+from keyless.dev.issuer import DevClient, DevIssuer
 from keyless.testing.aws import AwsStack
 
 __all__ = ["AUDIENCE", "Federation"]

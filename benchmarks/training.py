@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from keyless.devissuer import DevClient
+from keyless.dev.issuer import DevClient
 
 from .common import Row
 from .stack import AUDIENCE, Federation

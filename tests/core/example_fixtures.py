@@ -29,8 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 import hcl2
 import yaml
 
-from keyless.devissuer import DevIssuer
-from keyless.loopback import LoopbackHttpServer, QuietHandler
+from keyless.delivery.loopback import LoopbackHttpServer, QuietHandler
+from keyless.dev.issuer import DevIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -1,4 +1,4 @@
-"""keyless.audit_report / audit_html / `keyless audit`: per-worker grouping, refreshes, gaps,
+"""keyless.audit.report / audit_html / `keyless audit`: per-worker grouping, refreshes, gaps,
 failures, the three formats, and a page with no external asset."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from keyless.audit import AuditEvent, AuditLog, JsonlSink
-from keyless.audit_html import render_html
-from keyless.audit_report import build_report, read_events, render_json, render_table
+from keyless.audit.html import render_html
+from keyless.audit.report import build_report, read_events, render_json, render_table
 from keyless.cli import main
 from keyless.clock import FakeClock
 from keyless.errors import ExchangeFailed

@@ -1,4 +1,4 @@
-"""keyless.audit_sinks: size-rotated JSONL (threads and processes), the MLflow sink on a real
+"""keyless.audit.sinks: size-rotated JSONL (threads and processes), the MLflow sink on a real
 local file store, the OpenTelemetry sink read back through the SDK's in-memory reader and
 exporter, and a missing extra named in the error."""
 
@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from keyless.audit import AuditEvent, AuditLog, JsonlSink, redact
-from keyless.audit_sinks import MlflowSink, OtelSink, RotatingJsonlSink, build_sink
+from keyless.audit.sinks import MlflowSink, OtelSink, RotatingJsonlSink, build_sink
 from keyless.clock import FakeClock
 from keyless.config import AuditSpec
 from keyless.context import WorkerContext

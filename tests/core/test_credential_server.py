@@ -23,12 +23,12 @@ from botocore.credentials import ContainerProvider, RefreshableCredentials
 from keyless import ConfigError, Keyless
 from keyless.audit import AuditLog, MemorySink
 from keyless.clock import FakeClock
-from keyless.credential_server import (
+from keyless.delivery import TokenDirectory
+from keyless.delivery.credential_server import (
     CREDENTIALS_PATH,
     CredentialServer,
     served_expiration,
 )
-from keyless.delivery import TokenDirectory
 from keyless.errors import ExchangeFailed
 
 ROLE = "arn:aws:iam::123456789012:role/trainer"

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from keyless import Keyless
 from keyless.cli import main as cli_main
 from keyless.clock import FakeClock
-from keyless.devissuer import TOKEN_EXCHANGE_GRANT, DevClient, DevIssuer
+from keyless.dev.issuer import TOKEN_EXCHANGE_GRANT, DevClient, DevIssuer
 from keyless.errors import ConfigError, KeylessError
 
 SECRET = "s3cret-for-tests"

@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from keyless import load_config
-from keyless.devissuer import DevIssuer
+from keyless.dev.issuer import DevIssuer
 from tests.core.example_fixtures import (
     EXAMPLES,
     allow_audiences,
@@ -167,7 +167,7 @@ def _links() -> list[tuple[str, str]]:
 
 
 def test_troubleshooting_has_a_row_for_every_doctor_check_in_order() -> None:
-    from keyless.doctor import CHECK_NAMES
+    from keyless.verify.doctor import CHECK_NAMES
 
     page = (DOCS / "troubleshooting.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `([a-z_]+)` \|", page, flags=re.MULTILINE)

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from keyless import load_config
-from keyless.devissuer import DevIssuer
+from keyless.dev.issuer import DevIssuer
 from tests.core.example_fixtures import (
     EXAMPLES,
     ROOT,

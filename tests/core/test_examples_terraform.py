@@ -25,7 +25,7 @@ import yaml
 from google.auth.transport.requests import Request
 
 from keyless import Keyless, KeylessError, WorkerContext, load_config
-from keyless.devissuer import DevIssuer
+from keyless.dev.issuer import DevIssuer
 from keyless.testing.aws import ACCOUNT_ID
 from tests.core.example_fixtures import (
     EXAMPLES,

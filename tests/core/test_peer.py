@@ -1,5 +1,6 @@
-"""keyless.peer and keyless.launch on real processes: which local process holds the other end
-of a loopback connection, its environment and ancestry, and who a Launch serves."""
+"""keyless.delivery.peer and keyless.delivery.launch on real processes: which local process
+holds the other end of a loopback connection, its environment and ancestry, and who a Launch
+serves."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from http import HTTPStatus
 import pytest
 
 from keyless.context import WorkerContext
-from keyless.launch import LAUNCH_VARIABLE, CallerRefused, Launch
-from keyless.peer import ancestors, find_peer, peer_support, process_environ
+from keyless.delivery.launch import LAUNCH_VARIABLE, CallerRefused, Launch
+from keyless.delivery.peer import ancestors, find_peer, peer_support, process_environ
 
 pytestmark = pytest.mark.skipif(peer_support() is not None, reason=str(peer_support()))
 

@@ -20,8 +20,8 @@ from keyless.delivery import (
     delivery_audiences,
     sdk_environment,
 )
-from keyless.doctor import target_audience
 from keyless.targets.registry import TARGETS
+from keyless.verify.doctor import target_audience
 from tests.core.helpers import make_jwt
 
 PROVIDER = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x"

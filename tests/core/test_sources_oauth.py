@@ -356,7 +356,9 @@ def _exchange(tmp_path: Path, respond: Handler) -> tuple[TokenExchangeTokenSourc
     spec = TokenExchangeSource.model_validate({
         "subject": {"type": "file", "path": str(tmp_path / "s")}, "token_url": EXCHANGE_URL,
         "client_id": "exch", "client_secret": EXCHANGE_SECRET})
-    return TokenExchangeTokenSource(spec, http=Recorder(respond).http), subject
+    source = build_source(spec, http=Recorder(respond).http)
+    assert isinstance(source, TokenExchangeTokenSource)
+    return source, subject
 
 
 def test_token_exchange_non_jwt_answer(tmp_path: Path) -> None:

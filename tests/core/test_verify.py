@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keyless import ConfigError, FakeClock, SourceUnavailable, TokenRejected
 from keyless.verify import JwksCache, Verifier, parse_http_date
-from keyless.verify_asgi import BearerTokenMiddleware
+from keyless.verify.asgi import BearerTokenMiddleware
 
 ISS = "https://issuer.test"
 AUD = "sts.amazonaws.com"

@@ -33,7 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars")
-TOKEN_BLUE = (0x7A, 0xA6, 0xE6)   # .bar.token in keyless.audit_html
+TOKEN_BLUE = (0x7A, 0xA6, 0xE6)   # .bar.token in keyless.audit.html
 CRED_BLUE = (0x3C, 0x7D, 0xD9)    # .bar
 FAILURE_RED = (0xD1, 0x2F, 0x2F)  # .mark.failure
 

@@ -26,8 +26,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyless import FakeClock
-from keyless.doctor import CHECK_NAMES, Check, diagnose
-from keyless.loopback import QuietHandler
+from keyless.delivery.loopback import QuietHandler
+from keyless.verify.doctor import CHECK_NAMES, Check, diagnose
 from tests.e2e.conftest import Federation, LeakGuard
 from tests.support.idp import ReferenceIdP
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from keyless.process import terminate
+from keyless.dev.process import terminate
 from keyless.testing import free_ports
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keyless.delivery import TokenDirectory
-from keyless.files import write_private_file
+from keyless.delivery.files import write_private_file
 
 WRITES = 1500
 READERS = 3

@@ -46,7 +46,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyless.process import terminate
+from keyless.dev.process import terminate
 
 __all__ = [
     "DEFAULT_AUDIENCE_ALIASES",

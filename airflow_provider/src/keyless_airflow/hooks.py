@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseHook
 
 from keyless import Keyless, KeylessConfig, KeylessError, WorkerContext
-from keyless.child import child_environment
+from keyless.delivery.child import child_environment
 
 from .fields import CONN_TYPE, config_from_extra
 from .provider_info import HOOK_NAME
@@ -146,7 +146,7 @@ class KeylessHook(BaseHook):
         """Fetch a token, check its claims (discovery, signature, iss, aud, times) and dry-run
         the exchange. Returns ``(ok, message)``; a failure names the check or claim at fault
         and its fix. The token itself is never in the message."""
-        from keyless.doctor import diagnose
+        from keyless.verify.doctor import diagnose
 
         try:
             identity = self.identity

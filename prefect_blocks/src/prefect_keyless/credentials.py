@@ -279,7 +279,7 @@ class KeylessCredentials(CredentialsBlock):
         (every torchrun rank its own session); ``credential_endpoint=True`` asks for it for
         any config.
         """
-        from keyless.child import child_environment
+        from keyless.delivery.child import child_environment
 
         with child_environment(self.identity(), token_dir=token_dir, inherit=inherit,
                                credential_endpoint=credential_endpoint) as child:

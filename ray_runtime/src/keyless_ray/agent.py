@@ -40,7 +40,7 @@ from keyless import (
     load_config,
 )
 from keyless.delivery import TokenDirectory, TokenFileKeeper, sdk_environment
-from keyless.files import write_private_file
+from keyless.delivery.files import write_private_file
 
 from .names import MANIFEST_VARIABLE, MARKER_VARIABLE, PLUGIN_NAME
 

@@ -36,7 +36,7 @@ from .names import MANIFEST_VARIABLE, MARKER_VARIABLE, PLUGIN_SETTING, missing_p
 if TYPE_CHECKING:
     import boto3
 
-    from keyless.credential_server import CredentialServer
+    from keyless.delivery.credential_server import CredentialServer
 
 __all__ = ["boto3_session", "credential_endpoint", "flush_audit", "google_credentials",
            "identity", "setup", "token", "worker_context"]
@@ -169,8 +169,8 @@ def credential_endpoint() -> dict[str, str]:
     consumers that never refresh static keys). Returns the variables set (a URL and paths);
     the web-identity variables are removed from ``os.environ`` since SDKs try them first.
     Idempotent per worker context; the endpoint lives as long as the worker."""
-    from keyless.credential_server import CredentialServer
     from keyless.delivery import TokenDirectory, endpoint_environment
+    from keyless.delivery.credential_server import CredentialServer
 
     aws = identity("aws")
     key = (str(_manifest()["id"]), aws.context)

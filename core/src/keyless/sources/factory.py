@@ -57,8 +57,12 @@ def build_source(spec: SourceSpec, *, http: HttpClientFactory = default_http_cli
         return GcpMetadataTokenSource(spec, http=http, environ=environ)
     if isinstance(spec, ClientCredentialsSource):
         return ClientCredentialsTokenSource(spec, http=http, clock=clock)
-    if isinstance(spec, TokenExchangeSource):
-        return TokenExchangeTokenSource(spec, http=http, environ=environ, clock=clock)
+    if isinstance(spec, TokenExchangeSource):  # the nested sources with the same dependencies
+        return TokenExchangeTokenSource(
+            spec, http=http,
+            subject_source=build_source(spec.subject, http=http, environ=environ, clock=clock),
+            actor_source=None if spec.actor is None else build_source(
+                spec.actor, http=http, environ=environ, clock=clock))
     if isinstance(spec, CommandSource):
         return CommandTokenSource(spec, environ=environ)
     if isinstance(spec, AmbientSource):

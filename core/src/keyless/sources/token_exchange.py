@@ -18,9 +18,6 @@ The answer's ``access_token`` must be a JWT. Errors map as for client_credential
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from ..clock import Clock
 from ..config import TokenExchangeSource
 from ..errors import SourceMisconfigured, SourceUnavailable
 from ..tokens import SubjectToken
@@ -37,29 +34,18 @@ _COMPONENT = "source token_exchange"
 class TokenExchangeTokenSource:
     """Fetches the nested token(s) and exchanges them on every fetch.
 
-    ``subject_source``/``actor_source`` are normally built from the spec by
-    :func:`keyless.sources.build_source` with the same injected dependencies; pass them to
-    inject other sources.
+    ``subject_source`` (and ``actor_source`` when the spec has an actor) are the nested
+    sources, built from the spec by :func:`keyless.sources.build_source` with the same
+    injected dependencies (or injected by a test).
     """
 
     name = "token_exchange"
 
-    def __init__(self, spec: TokenExchangeSource, *,
-                 http: HttpClientFactory = default_http_client,
-                 environ: Mapping[str, str] | None = None, clock: Clock | None = None,
-                 subject_source: Source | None = None, actor_source: Source | None = None
-                 ) -> None:
+    def __init__(self, spec: TokenExchangeSource, *, subject_source: Source,
+                 actor_source: Source | None = None,
+                 http: HttpClientFactory = default_http_client) -> None:
         self.spec = spec
         self._http = http
-        if subject_source is None or (actor_source is None and spec.actor is not None):
-            from .factory import build_source  # a cycle: the factory builds this class
-
-            if subject_source is None:
-                subject_source = build_source(spec.subject, http=http, environ=environ,
-                                              clock=clock)
-            if actor_source is None and spec.actor is not None:
-                actor_source = build_source(spec.actor, http=http, environ=environ,
-                                            clock=clock)
         self.subject_source: Source = subject_source
         self.actor_source: Source | None = actor_source
 

@@ -35,8 +35,8 @@ from ..audit import AuditLog, redact
 from ..clock import Clock, SystemClock
 from ..config import GcpTarget
 from ..context import WorkerContext, render_json_template
+from ..delivery.files import write_private_file
 from ..errors import ConfigError, ExchangeFailed, KeylessError, TokenRejected
-from ..files import write_private_file
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
 from ..sources._common import safe_url

@@ -47,8 +47,8 @@ import boto3
 from botocore.config import Config
 
 from ..clock import Clock
+from ..dev.process import terminate
 from ..errors import KeylessError
-from ..process import terminate
 from .ports import free_ports
 from .sts_front import StsFront
 

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import jwt
 
 from ..clock import Clock, SystemClock
-from ..loopback import LoopbackHttpServer, LoopbackService, QuietHandler
+from ..delivery.loopback import LoopbackHttpServer, LoopbackService, QuietHandler
 from ..secret import fingerprint
 
 __all__ = ["GcpSts", "IssuedToken", "gcp_sts_factory"]

@@ -44,10 +44,10 @@ from typing import Any
 
 import yaml
 
-from ..devissuer import DevClient, DevIssuer
+from ..delivery.files import write_private_file
+from ..dev.issuer import DevClient, DevIssuer
+from ..dev.process import terminate
 from ..errors import ConfigError, KeylessError
-from ..files import write_private_file
-from ..process import terminate
 
 __all__ = ["AUDIENCE", "BUCKET", "CLIENT_ID", "ROLE_NAME", "main", "read_state"]
 

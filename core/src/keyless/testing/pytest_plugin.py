@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..devissuer import DevClient, DevIssuer
+from ..dev.issuer import DevClient, DevIssuer
 from .aws import AwsStack
 
 __all__ = ["DEV_CLIENT_ID", "DEV_CLIENT_SECRET", "aws_stack", "dev_issuer"]

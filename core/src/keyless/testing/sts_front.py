@@ -38,7 +38,7 @@ from collections import deque
 from typing import Any
 
 from ..clock import Clock, SystemClock
-from ..loopback import LoopbackHttpServer, LoopbackService
+from ..delivery.loopback import LoopbackHttpServer, LoopbackService
 from .sts_policy import StsError, TokenVerifier, session_role_policy, trust_allows
 from .sts_wire import (
     FrontHandler,

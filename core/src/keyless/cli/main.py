@@ -17,17 +17,17 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from .config import config_json_schema
-from .errors import ConfigError, KeylessError
-from .identity import Keyless
+from ..config import config_json_schema
+from ..errors import ConfigError, KeylessError
+from ..identity import Keyless
 
 __all__ = ["COMMAND_MODULES", "FORWARDED_SIGNALS", "exit_status", "main"]
 
 #: Modules that add a subcommand: each has ``register(subparsers)``, which adds its parser and
 #: sets ``handler=<callable(args) -> int>`` with ``parser.set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ("keyless.commands_serve", "keyless.cli_devissuer",
-                                    "keyless.cli_demo", "keyless.doctor",
-                                    "keyless.cli_audit")
+COMMAND_MODULES: tuple[str, ...] = ("keyless.cli.serve", "keyless.cli.devissuer",
+                                    "keyless.cli.demo", "keyless.cli.doctor",
+                                    "keyless.cli.audit")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    from .delivery import TokenDirectory, TokenFileKeeper, sdk_environment
+    from ..delivery import TokenDirectory, TokenFileKeeper, sdk_environment
 
     identity = Keyless(args.config)
     directory = TokenDirectory(args.token_dir or identity.config.delivery.token_dir)
@@ -124,7 +124,7 @@ def exit_status(returncode: int, received: int | None = None) -> int:
 
 
 def _cmd_exec(args: argparse.Namespace) -> int:
-    from .child import child_environment
+    from ..delivery.child import child_environment
 
     argv = list(args.argv)
     if argv and argv[0] == "--":

@@ -1,6 +1,6 @@
 """Verifying JWTs: OIDC discovery + a cooled-down JWKS cache + a claim policy.
 
-Used by ``keyless doctor``, pre-flight checks and ingress (:mod:`keyless.verify_asgi`).
+Used by ``keyless doctor``, pre-flight checks and ingress (:mod:`keyless.verify.asgi`).
 
 - :class:`JwksCache` fetches ``{issuer}/.well-known/openid-configuration``, then its
   ``jwks_uri``, and keeps the keys. A token whose ``kid`` is unknown triggers at most one JWKS
@@ -36,10 +36,10 @@ from urllib.parse import urlsplit
 import httpx
 import jwt
 
-from .clock import Clock, SystemClock
-from .errors import ConfigError, KeylessError, SourceMisconfigured, TokenRejected
-from .sources._common import json_object, raise_for_status, safe_url, send
-from .sources.base import default_http_client
+from ..clock import Clock, SystemClock
+from ..errors import ConfigError, KeylessError, SourceMisconfigured, TokenRejected
+from ..sources._common import json_object, raise_for_status, safe_url, send
+from ..sources.base import default_http_client
 
 __all__ = [
     "DEFAULT_ALGORITHMS",

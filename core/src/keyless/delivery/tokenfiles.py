@@ -26,10 +26,10 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .errors import ConfigError, KeylessError
+from ..errors import ConfigError, KeylessError
+from ..identity import Keyless
+from ..targets.registry import STATIC_AWS_VARIABLES, TARGETS, configured_kinds
 from .files import write_private_file
-from .identity import Keyless
-from .targets.registry import STATIC_AWS_VARIABLES, TARGETS, configured_kinds
 
 __all__ = ["TokenDirectory", "TokenFileKeeper", "sdk_environment", "worker_environment",
            "narrowing_fields",
@@ -37,7 +37,7 @@ __all__ = ["TokenDirectory", "TokenFileKeeper", "sdk_environment", "worker_envir
            "SHADOWING_VARIABLES", "shadowing_variables", "delivery_audiences"]
 
 if TYPE_CHECKING:
-    from .config import AwsTarget
+    from ..config import AwsTarget
 
 logger = logging.getLogger("keyless.delivery")
 
@@ -145,7 +145,7 @@ def sdk_environment(identity: Keyless, files: dict[str, Path], *,
             continue
         env.update(kind.environment(identity, spec,
                                     files[identity.target_audience(kind.name)]))
-    from .targets.oauth2 import HF_FILE_KEY
+    from ..targets.oauth2 import HF_FILE_KEY
 
     if identity.config.target.huggingface is not None and HF_FILE_KEY in files:
         env["HF_TOKEN_PATH"] = str(files[HF_FILE_KEY])  # never HF_TOKEN: no secret in env
@@ -155,7 +155,7 @@ def sdk_environment(identity: Keyless, files: dict[str, Path], *,
 def _ranks_resolved(identity: Keyless, spec: AwsTarget) -> bool:
     """Whether the AWS templates can be rendered for this (a node's shared) context; logs why
     the AWS variables are left out when not."""
-    from .targets.aws import check_ranks_resolved
+    from ..targets.aws import check_ranks_resolved
 
     try:
         check_ranks_resolved(spec, identity.context)
@@ -176,7 +176,7 @@ ENDPOINT_SHADOWED_VARIABLES = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
 def endpoint_environment(identity: Keyless, endpoint_env: dict[str, str]) -> dict[str, str]:
     """The variables for a child using the loopback credential endpoint: the endpoint's own
     (URL and token-file path, from ``CredentialServer.env()``) plus the region."""
-    from .targets.aws import resolve_region
+    from ..targets.aws import resolve_region
 
     env = dict(endpoint_env)
     if identity.config.target.aws is not None:
@@ -217,7 +217,7 @@ class TokenFileKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rotations = 0
-        from .targets.oauth2 import exchanged_token_files
+        from ..targets.oauth2 import exchanged_token_files
 
         self.exchanged = exchanged_token_files(identity)  # e.g. the HF token (HF_TOKEN_PATH)
 

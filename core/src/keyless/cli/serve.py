@@ -36,10 +36,10 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .credential_server import CredentialServer
-    from .delivery import TokenDirectory
-    from .identity import Keyless
-    from .launch import Launch
+    from ..delivery import TokenDirectory
+    from ..delivery.credential_server import CredentialServer
+    from ..delivery.launch import Launch
+    from ..identity import Keyless
 
     identity = Keyless(args.config)
     identity.aws()  # a config without target.aws fails here, before binding

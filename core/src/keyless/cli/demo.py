@@ -1,11 +1,11 @@
-"""``keyless demo``: the whole federation on this machine (see :mod:`keyless.demo`)."""
+"""``keyless demo``: the whole federation on this machine (see :mod:`keyless.dev.demo`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from .demo import DemoOptions, run_demo
+from ..dev.demo import DemoOptions, run_demo
 
 __all__ = ["register"]
 

@@ -9,7 +9,7 @@ What the child gets, for the ``with`` body:
 * for AWS, when the config narrows each worker's credentials (a session policy, policy ARNs)
   or writes a template with a per-process field (``{rank}``, ``{local_rank}``, ``{node}``),
   or when asked (``credential_endpoint=True``): a loopback credential endpoint serving each
-  calling process of the launch its own identity (:mod:`keyless.launch`). That is what makes
+  calling process of the launch its own identity (:mod:`.launch`). That is what makes
   ``keyless exec --config F -- torchrun ...`` give every rank its own session and policy: the
   SDK variables would carry one identity, rendered with the launcher's rank, to every rank.
 
@@ -24,8 +24,10 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .context import fields_used
-from .delivery import (
+from ..context import fields_used
+from ..identity import Keyless
+from .launch import Launch
+from .tokenfiles import (
     ENDPOINT_SHADOWED_VARIABLES,
     TokenDirectory,
     TokenFileKeeper,
@@ -35,12 +37,10 @@ from .delivery import (
     sdk_environment,
     shadowing_variables,
 )
-from .identity import Keyless
-from .launch import Launch
 
 __all__ = ["PER_PROCESS_FIELDS", "ChildEnvironment", "aws_needs_endpoint", "child_environment"]
 
-logger = logging.getLogger("keyless.child")
+logger = logging.getLogger("keyless.delivery.child")
 
 #: Template fields whose value differs between the processes one command starts (torchrun's
 #: ranks): an AWS template naming one is served per calling process through the endpoint.
@@ -50,7 +50,7 @@ PER_PROCESS_FIELDS = frozenset({"rank", "local_rank", "node"})
 def aws_needs_endpoint(identity: Keyless) -> str | None:
     """The config field that makes a child need the per-process credential endpoint for AWS
     (a narrowing field, or a template naming a per-process field), or None."""
-    from .targets.aws import aws_templates
+    from ..targets.aws import aws_templates
 
     target = identity.config.target.aws
     if target is None:

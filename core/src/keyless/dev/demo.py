@@ -8,7 +8,7 @@ What runs (all on loopback, all stopped at the end by PID or context manager):
    sessions capped at ``session_seconds``; the issuer is registered as an IAM OIDC provider
    and a role trusts ``job/<job>/rank/*`` tokens with ``aud = sts.amazonaws.com``;
 3. a small sharded dataset in ``s3://keyless-demo/shards/<rank>/``;
-4. ``workers`` separate processes (``python -m keyless.demo_worker``), each with
+4. ``workers`` separate processes (``python -m keyless.dev.demo_worker``), each with
    ``Keyless(config, context=WorkerContext(job_id, rank))``: its own subject token, its own STS
    session named after its rank, and a session policy template confining it to
    ``shards/{rank}/*``. Each reads its shard in a loop while credentials roll over, and once
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .audit import redact
-from .devissuer import DevClient, DevIssuer
-from .errors import ConfigError, KeylessError
+from ..audit import redact
+from ..errors import ConfigError, KeylessError
+from .issuer import DevClient, DevIssuer
 from .process import terminate
 
 __all__ = ["DemoOptions", "WorkerResult", "run_demo"]
@@ -243,7 +243,7 @@ def run_demo(options: DemoOptions | None = None,
              out: Callable[[str], None] = print) -> int:
     """Run the demo; returns the exit status (0: every check held)."""
     try:
-        from .testing.aws import AwsStack
+        from ..testing.aws import AwsStack
     except ImportError as exc:
         raise KeylessError(f"demo: {exc.name or 'a dependency'} is not installed; fix: pip "
                            "install 'keyless[aws,demo]' (boto3 and moto[server])") from None
@@ -320,7 +320,7 @@ def _run_workers(specs: list[Path], results: list[WorkerResult], directory: Path
     try:
         for rank, spec in enumerate(specs):
             stderr = open(directory / f"worker-{rank}.stderr", "w")  # noqa: SIM115
-            proc = subprocess.Popen([sys.executable, "-m", "keyless.demo_worker", str(spec)],
+            proc = subprocess.Popen([sys.executable, "-m", "keyless.dev.demo_worker", str(spec)],
                                     stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
             stderr.close()
             procs.append(proc)

@@ -7,7 +7,7 @@ once). :func:`build_report` groups the events by worker (the event's context: jo
 rank, host, pid) and, inside a worker, by identity (target, source, principal, session name,
 issuer, subject): when each was first issued, each refresh, each credential held (issued at,
 expiry, fingerprint) and the failures. :func:`render_table` and :func:`render_json` print it;
-:mod:`keyless.audit_html` draws it as a timeline.
+:mod:`keyless.audit.html` draws it as a timeline.
 
 Only what the events hold is shown: claims, principals, fingerprints; never a token.
 """
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audit import redact
-from .errors import ConfigError
+from ..errors import ConfigError
+from .events import redact
 
 __all__ = [
     "CONTEXT_KEYS",

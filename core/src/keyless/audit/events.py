@@ -4,45 +4,33 @@ An :class:`AuditEvent` is a frozen record; :meth:`AuditEvent.to_json` renders it
 (keys sorted, ``time`` and ``exp`` as ISO-8601 UTC). As defense in depth, every free-text field
 passes through :func:`redact`, which replaces anything that looks like a JWT with
 ``[redacted-jwt]``: a token that slipped into an error message or a context value never reaches
-a sink. :class:`AuditLog` fans events out to sinks (:class:`LogSink` on the ``keyless.audit``
-logger, :class:`JsonlSink` to a 0600 file, :class:`MemorySink` for tests and demos); its
-``emit`` never raises.
+a sink (:class:`AuditSink`): :mod:`keyless.audit.plain` has the ones with no extra,
+:mod:`keyless.audit.sinks` MLflow, OpenTelemetry and file rotation, and
+:class:`keyless.audit.log.AuditLog` fans events out to them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import dataclasses
 import datetime
 import json
-import logging
 import math
-import os
 import re
-import threading
-import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .clock import Clock, SystemClock
-from .config import AuditSpec
-from .context import WorkerContext
-from .errors import KeylessError
-from .tokens import SubjectToken
+from ..context import WorkerContext
+from ..errors import KeylessError
+from ..tokens import SubjectToken
 
 __all__ = [
     "AUDIT_LOGGER",
     "AuditEvent",
     "AuditKind",
-    "AuditLog",
+    "AuditOutcome",
     "AuditSink",
-    "JsonlSink",
-    "LogSink",
-    "MemorySink",
     "REDACTED_JWT",
     "redact",
 ]
@@ -53,7 +41,6 @@ REDACTED_JWT = "[redacted-jwt]"
 AuditKind = Literal["issue", "exchange", "refresh", "failure"]
 AuditOutcome = Literal["ok", "error"]
 
-_log = logging.getLogger("keyless")
 
 # ----------------------------------------------------------------------------- redaction
 
@@ -237,180 +224,3 @@ class AuditSink(Protocol):
     """Where audit events go. ``emit`` may raise: :class:`AuditLog` contains it."""
 
     def emit(self, event: AuditEvent) -> None: ...
-
-
-class LogSink:
-    """Events as JSON lines on the ``keyless.audit`` logger at INFO."""
-
-    def __init__(self, logger_name: str = AUDIT_LOGGER) -> None:
-        self.logger_name = logger_name
-
-    def emit(self, event: AuditEvent) -> None:
-        logging.getLogger(self.logger_name).info("%s", event.to_json())
-
-    def __repr__(self) -> str:
-        return f"LogSink({self.logger_name!r})"
-
-
-class MemorySink:
-    """Keeps events in a list (tests, ``keyless demo``). Thread-safe."""
-
-    def __init__(self) -> None:
-        self._events: list[AuditEvent] = []
-        self._lock = threading.Lock()
-
-    def emit(self, event: AuditEvent) -> None:
-        with self._lock:
-            self._events.append(event)
-
-    @property
-    def events(self) -> list[AuditEvent]:
-        """A snapshot of the events so far, oldest first."""
-        with self._lock:
-            return list(self._events)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"events": self.events}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._events = list(state["events"])
-        self._lock = threading.Lock()
-
-
-_jsonl_sinks: weakref.WeakSet[JsonlSink] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for sink in list(_jsonl_sinks):
-        sink._reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class JsonlSink:
-    """Appends one JSON line per event to ``path`` (created 0600 if missing, parent 0700).
-
-    Thread-safe (a lock around one ``write`` of the whole line on an ``O_APPEND`` descriptor)
-    and fork-safe: a forked child drops the inherited descriptor and lock and reopens the
-    file on its first event. Picklable: the descriptor is not pickled.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._pid = os.getpid()
-        _jsonl_sinks.add(self)
-
-    def _reset_after_fork(self) -> None:
-        fd = self._fd
-        self._lock = threading.Lock()
-        self._fd = None
-        self._pid = os.getpid()
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)  # the child's copy only; the parent's stays open
-
-    def _open(self) -> int:
-        if self._pid != os.getpid():  # forked without the at-fork hook (e.g. os.fork in C)
-            self._reset_after_fork()
-        if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            self._fd = os.open(self.path, flags, 0o600)
-        return self._fd
-
-    def emit(self, event: AuditEvent) -> None:
-        line = (event.to_json() + "\n").encode("utf-8")
-        with self._lock:
-            fd = self._open()
-            written = os.write(fd, line)
-            while written < len(line):  # short writes are rare; finish the line
-                written += os.write(fd, line[written:])
-
-    def close(self) -> None:
-        """Close the descriptor; a later event reopens it."""
-        with self._lock:
-            if self._fd is not None and self._pid == os.getpid():
-                os.close(self._fd)
-            self._fd = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": str(self.path)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
-
-    def __repr__(self) -> str:
-        return f"JsonlSink({str(self.path)!r})"
-
-
-# ----------------------------------------------------------------------------- the log
-
-class AuditLog:
-    """Fans each event out to its sinks. ``emit`` never raises: a failing sink is reported
-    once, on the ``keyless`` logger at WARNING, with the event's kind and outcome only."""
-
-    def __init__(self, sinks: Iterable[AuditSink] = (), clock: Clock | None = None) -> None:
-        self.sinks: tuple[AuditSink, ...] = tuple(sinks)
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        self._reported: set[int] = set()
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_spec(cls, spec: AuditSpec | None, clock: Clock | None = None) -> AuditLog:
-        """The sinks an :class:`~keyless.config.AuditSpec` names (default: the log sink)."""
-        spec = spec if spec is not None else AuditSpec()
-        sinks: list[AuditSink] = []
-        for name in dict.fromkeys(spec.sinks):
-            if name == "log":
-                sinks.append(LogSink())
-            elif name == "jsonl" and spec.jsonl_path and spec.jsonl_max_bytes is None:
-                sinks.append(JsonlSink(spec.jsonl_path))
-            elif name in ("jsonl", "mlflow", "otel"):  # rotation and optional extras
-                from .audit_sinks import build_sink
-
-                sinks.append(build_sink(name, spec))
-        return cls(sinks, clock=clock)
-
-    def emit(self, event: AuditEvent) -> AuditEvent:
-        """Stamp ``time`` (when 0) from the clock and send to every sink; returns the event
-        as sent. Never raises."""
-        if not event.time:
-            with contextlib.suppress(Exception):  # a broken clock must not break the caller
-                event = dataclasses.replace(event, time=self.clock.time())
-        for index, sink in enumerate(self.sinks):
-            try:
-                sink.emit(event)
-            except Exception as exc:
-                self._report(index, sink, event, exc)
-        return event
-
-    def _report(self, index: int, sink: AuditSink, event: AuditEvent,
-                exc: BaseException) -> None:
-        with self._lock:
-            if index in self._reported:
-                return
-            self._reported.add(index)
-        _log.warning("keyless audit: sink %s failed (%s) on a %s/%s event; further failures "
-                     "of this sink are not reported; fix the sink (path, permissions, handler)",
-                     type(sink).__name__, type(exc).__name__, event.kind, event.outcome)
-
-    def close(self) -> None:
-        """Close the sinks that hold resources."""
-        for sink in self.sinks:
-            close = getattr(sink, "close", None)
-            if callable(close):
-                with contextlib.suppress(Exception):  # closing is best effort
-                    close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"sinks": self.sinks, "clock": self.clock}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["sinks"], clock=state["clock"])  # type: ignore[misc]
-
-    def __repr__(self) -> str:
-        return f"AuditLog(sinks={list(self.sinks)!r})"

@@ -40,9 +40,9 @@ from urllib.parse import parse_qs, unquote_plus
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .clock import Clock, SystemClock
-from .errors import ConfigError, KeylessError
-from .loopback import LoopbackHttpServer, LoopbackService, QuietHandler, is_loopback
+from ..clock import Clock, SystemClock
+from ..delivery.loopback import LoopbackHttpServer, LoopbackService, QuietHandler, is_loopback
+from ..errors import ConfigError, KeylessError
 
 __all__ = ["DevClient", "DevIssuer", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_JWT", "is_loopback"]
 

@@ -1,11 +1,11 @@
 """``keyless doctor``: is this token (or this config) going to work, and if not, why?
 
-``keyless doctor --config F`` takes the token from the configured source and ends with a real
-(harmless) AWS exchange; ``keyless doctor --token-file T [--issuer URL] [--audience A]`` checks
-a token someone has. One line per check, ``ok`` / ``FAIL`` / ``warn`` / ``skip``, a fix on each
-failure; ``--json`` prints the same as one JSON object. Exit 0: no check failed (warnings
-allowed); 1: a check failed; 2: bad usage or an unreadable config. The token is never printed
-(only its sha256 fingerprint).
+``keyless doctor --config F`` takes the token from the configured source and ends with one
+real (harmless) exchange per configured target; ``keyless doctor --token-file T [--issuer URL]
+[--audience A]`` checks a token someone has. One line per check, ``ok`` / ``FAIL`` / ``warn`` /
+``skip``, a fix on each failure; ``--json`` prints the same as one JSON object. Exit 0: no check
+failed (warnings allowed); 1: a check failed; 2: bad usage or an unreadable config. The token
+is never printed (only its sha256 fingerprint).
 
 Checks: token (present, a JWT), discovery (``{issuer}/.well-known/openid-configuration``
 answers), clock (skew of the local clock against the issuer's HTTP ``Date``), alg (not
@@ -13,30 +13,27 @@ answers), clock (skew of the local clock against the issuer's HTTP ``Date``), al
 the JWKS), iss (equals the discovery document's ``issuer``), aud (``--audience`` or the
 config's target audience), time (exp/nbf/iat against the local clock with leeway; a future
 ``iat`` is reported as clock skew), lifetime (long enough to refresh ahead of expiry), exchange
-(``--config`` with ``target.aws``: AssumeRoleWithWebIdentity through
-``Keyless(config).aws().credentials()``).
+(``--config``: each target's dry run from :mod:`keyless.targets.registry`, e.g.
+AssumeRoleWithWebIdentity through ``Keyless(config).aws().credentials()``).
 
 :func:`diagnose` is the library entry point; its ``clock`` and ``http`` are the test hooks.
+The command line is :mod:`keyless.cli.doctor`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .clock import Clock, SystemClock
-from .errors import ConfigError, KeylessError, TokenRejected
-from .identity import Keyless
-from .secret import fingerprint
-from .sources._common import safe_url
-from .verify import (
+from ..clock import Clock, SystemClock
+from ..errors import KeylessError, TokenRejected
+from ..identity import Keyless
+from ..secret import fingerprint
+from ..sources._common import safe_url
+from .verifier import (
     DEFAULT_ALGORITHMS,
     JwksCache,
     Verifier,
@@ -48,8 +45,7 @@ from .verify import (
     unverified_parts,
 )
 
-__all__ = ["CHECK_NAMES", "REFRESH_MARGIN_SECONDS", "Check", "diagnose", "register",
-           "target_audience"]
+__all__ = ["CHECK_NAMES", "REFRESH_MARGIN_SECONDS", "Check", "diagnose", "target_audience"]
 
 #: Every check, in the order a report lists them; docs/troubleshooting.md has a row for each.
 CHECK_NAMES = ("token", "discovery", "clock", "alg", "signature", "iss", "aud", "time",
@@ -283,7 +279,7 @@ def _seconds(value: object) -> float | None:
 
 def _exchange(report: _Report, identity: Keyless | None) -> None:
     """One real exchange per configured target (the registry's dry runs), one check line."""
-    from .targets.registry import configured_kinds
+    from ..targets.registry import configured_kinds
 
     if identity is None:
         report.add("exchange", "skip", "dry-run exchange needs --config")
@@ -298,61 +294,3 @@ def _exchange(report: _Report, identity: Keyless | None) -> None:
             report.add("exchange", "FAIL", exc.message)
             return
     report.add("exchange", "ok", "; ".join(done))
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def register(subparsers: Any) -> None:
-    """Add ``keyless doctor``."""
-    parser = subparsers.add_parser("doctor", help="check a token or a config end to end",
-                                   description=__doc__.split("\n\n")[1] if __doc__ else None)
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", metavar="FILE", help="the keyless config to check")
-    where.add_argument("--token-file", metavar="T", help="a file holding the JWT to check")
-    parser.add_argument("--issuer", metavar="URL", help="expected issuer (default: the token's)")
-    parser.add_argument("--audience", metavar="A", help="expected aud (default: the target's)")
-    parser.add_argument("--leeway", type=float, default=60.0, metavar="SECONDS")
-    parser.add_argument("--allow-insecure-http", action="store_true",
-                        help="with --token-file: allow an http:// loopback issuer (tests)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(handler=_cmd_doctor)
-
-
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    identity: Keyless | None = None
-    token: str | None = None
-    problem: str | None = None
-    if args.config is not None:
-        config_path = Path(args.config)
-        if not config_path.is_file():  # a ConfigError is exit 2 (cli.main)
-            raise ConfigError(f"doctor: cannot read the config file {args.config!r} (no such "
-                              "file); fix: pass the path of a YAML or JSON keyless config")
-        identity = Keyless(config_path)
-        origin = f"source {identity.config.source.type}"
-        allow_http = identity.config.allow_insecure_http
-        try:
-            token = identity.subject_token().token.reveal()
-        except KeylessError as exc:
-            problem = exc.message
-    else:
-        origin = f"file {args.token_file}"
-        allow_http = args.allow_insecure_http
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            problem = f"cannot read it ({getattr(exc, 'strerror', None) or type(exc).__name__})"
-        if token == "":
-            token, problem = None, "the file is empty"
-    checks = diagnose(token, token_origin=origin, token_problem=problem, issuer=args.issuer,
-                      audience=args.audience, identity=identity, leeway_seconds=args.leeway,
-                      allow_insecure_http=allow_http)
-    failed = any(c.status == "FAIL" for c in checks)
-    if args.json:
-        print(json.dumps({"ok": not failed, "checks": [dataclasses.asdict(c) for c in checks]},
-                         indent=2))
-    else:
-        for check in checks:
-            print(check.line())
-        print("doctor: " + ("a check FAILED" if failed else "all checks passed"))
-    sys.stdout.flush()
-    return 1 if failed else 0

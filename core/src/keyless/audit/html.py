@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 
-from .audit_report import Credential, Failure, IdentityTrail, Report, WorkerTrail, format_time
+from .report import Credential, Failure, IdentityTrail, Report, WorkerTrail, format_time
 
 __all__ = ["render_html"]
 

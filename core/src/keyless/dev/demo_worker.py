@@ -1,6 +1,6 @@
-"""One worker of ``keyless demo`` (run as ``python -m keyless.demo_worker SPEC.json``).
+"""One worker of ``keyless demo`` (run as ``python -m keyless.dev.demo_worker SPEC.json``).
 
-The spec (written by :mod:`keyless.demo`, 0600) names the keyless config file, the worker's
+The spec (written by :mod:`keyless.dev.demo`, 0600) names the keyless config file, the worker's
 ``job_id`` and ``rank``, the bucket and S3 endpoint, its shard's object keys, another rank's
 object it must NOT be able to read, and how long to run. The worker builds
 ``Keyless(config, context=WorkerContext(job_id, rank))``, reads its shard in a loop through a
@@ -30,10 +30,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .audit import AuditEvent, AuditLog
-from .context import WorkerContext
-from .errors import KeylessError
-from .identity import Keyless
+from ..audit import AuditEvent, AuditLog
+from ..context import WorkerContext
+from ..errors import KeylessError
+from ..identity import Keyless
 
 __all__ = ["main"]
 
@@ -130,7 +130,7 @@ def run(spec: dict[str, Any]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m keyless.demo_worker SPEC.json", file=sys.stderr)
+        print("usage: python -m keyless.dev.demo_worker SPEC.json", file=sys.stderr)
         return 2
     with open(args[0]) as file:
         spec = json.load(file)

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .audit_report import build_report, read_events, render_json, render_table
-from .errors import ConfigError
+from ..audit.report import build_report, read_events, render_json, render_table
+from ..errors import ConfigError
 
 __all__ = ["register"]
 
@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.format == "json":
         text = render_json(report) + "\n"
     elif args.format == "html":
-        from .audit_html import render_html
+        from ..audit.html import render_html
 
         text = render_html(report)
     else:

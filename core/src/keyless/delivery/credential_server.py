@@ -54,20 +54,20 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from .audit import AuditEvent
-from .context import WorkerContext
-from .delivery import TokenDirectory
-from .errors import ConfigError, KeylessError
+from ..audit import AuditEvent
+from ..context import WorkerContext
+from ..errors import ConfigError, KeylessError
+from ..identity import Keyless
+from ..secret import Secret, fingerprint
 from .files import write_private_file
-from .identity import Keyless
 from .launch import CallerRefused, Launch
 from .loopback import LoopbackHttpServer, QuietHandler
-from .secret import Secret, fingerprint
+from .tokenfiles import TokenDirectory
 
 __all__ = ["CREDENTIALS_PATH", "MAX_MARGIN_SECONDS", "MARGIN_FRACTION", "CredentialServer",
            "CredentialSnapshot", "credential_endpoint_environment", "served_expiration"]
 
-logger = logging.getLogger("keyless.credential_server")
+logger = logging.getLogger("keyless.delivery.credential_server")
 
 #: The one path the endpoint answers on.
 CREDENTIALS_PATH = "/v1/credentials"
@@ -309,7 +309,7 @@ def credential_endpoint_environment(identity: Keyless, token_dir: str | None = N
     """A running endpoint for the ``with`` body; yields the variables for a child process
     (endpoint URL, token file path, region). Drop
     :data:`keyless.delivery.ENDPOINT_SHADOWED_VARIABLES` from the child's environment too."""
-    from .delivery import endpoint_environment
+    from .tokenfiles import endpoint_environment
 
     directory = TokenDirectory(token_dir or identity.config.delivery.token_dir)
     server = CredentialServer(identity, token_dir=directory)

@@ -4,7 +4,7 @@ A :class:`Launch` is the set of processes keyless started a command for (``keyle
 torchrun ...``, a host's ``worker_env()``): every process of it carries the launch's id in its
 environment (:data:`LAUNCH_VARIABLE`, an id, not a secret: the endpoint's token file is the
 secret) and, where keyless started the command itself, descends from it. For each connection
-:meth:`Launch.caller` finds the calling process (:mod:`keyless.peer`) and accepts it only if it
+:meth:`Launch.caller` finds the calling process (:mod:`.peer`) and accepts it only if it
 is of this OS user and of this launch; its worker context is then built from its own
 environment (:meth:`keyless.WorkerContext.for_process`), so each rank that ``torchrun`` started
 gets its own identity, and a per-rank template is never rendered with the launcher's rank.
@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-from .context import WorkerContext
+from ..context import WorkerContext
 from .peer import ancestors, find_peer, peer_support, process_environ
 
 __all__ = ["LAUNCH_VARIABLE", "CallerRefused", "Launch"]

@@ -21,8 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .devissuer import DevClient, DevIssuer
-from .errors import ConfigError
+from ..dev.issuer import DevClient, DevIssuer
+from ..errors import ConfigError
 
 __all__ = ["build_issuer", "register"]
 

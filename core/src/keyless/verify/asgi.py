@@ -23,8 +23,8 @@ from typing import Any
 
 import anyio.to_thread
 
-from .errors import KeylessError, TokenRejected
-from .verify import Verifier
+from ..errors import KeylessError, TokenRejected
+from .verifier import Verifier
 
 __all__ = ["BearerTokenMiddleware"]
 

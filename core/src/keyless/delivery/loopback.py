@@ -3,7 +3,6 @@ fixtures): loopback addresses only, served from a daemon thread, stopped by thei
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import sys
@@ -12,19 +11,10 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-from .errors import ConfigError, KeylessError
+from ..config import is_loopback
+from ..errors import ConfigError, KeylessError
 
 __all__ = ["LoopbackHttpServer", "LoopbackService", "QuietHandler", "is_loopback"]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback IP address (``[::1]`` accepted)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _handle_error(server: ThreadingHTTPServer, request: object,
