@@ -1,25 +1,5 @@
-"""``keyless doctor``: is this token (or this config) going to work, and if not, why?
-(The command; the checks are :mod:`keyless.verify.doctor`.)
-
-``keyless doctor --config F`` takes the token from the configured source and ends with one
-real (harmless) exchange per configured target; ``keyless doctor --token-file T [--issuer URL]
-[--audience A]`` checks a token someone has. One line per check, ``ok`` / ``FAIL`` / ``warn`` /
-``skip``, a fix on each failure; ``--json`` prints the same as one JSON object. Exit 0: no check
-failed (warnings allowed); 1: a check failed; 2: bad usage or an unreadable config. The token
-is never printed (only its sha256 fingerprint).
-
-Checks: token (present, a JWT), discovery (``{issuer}/.well-known/openid-configuration``
-answers), clock (skew of the local clock against the issuer's HTTP ``Date``), alg (not
-``none``, not HMAC, the JWKS key's ``alg`` or one the issuer advertises), signature (against
-the JWKS), iss (equals the discovery document's ``issuer``), aud (``--audience`` or the
-config's target audience), time (exp/nbf/iat against the local clock with leeway; a future
-``iat`` is reported as clock skew), lifetime (long enough to refresh ahead of expiry), exchange
-(``--config``: each target's dry run from :mod:`keyless.targets.registry`, e.g.
-AssumeRoleWithWebIdentity through ``Keyless(config).aws().credentials()``).
-
-:func:`diagnose` is the library entry point; its ``clock`` and ``http`` are the test hooks.
-The command line is :mod:`keyless.cli.doctor`.
-"""
+"""``keyless doctor``: the command line of :mod:`keyless.verify.doctor` (whose docstring says
+what each check does and what the exit codes mean)."""
 
 from __future__ import annotations
 
@@ -37,10 +17,17 @@ from ..verify.doctor import diagnose
 __all__ = ["register"]
 
 
+def _description() -> str | None:
+    """The checks' second paragraph (usage and exit codes) as the command's description."""
+    from ..verify import doctor
+
+    return doctor.__doc__.split("\n\n")[1] if doctor.__doc__ else None
+
+
 def register(subparsers: Any) -> None:
     """Add ``keyless doctor``."""
     parser = subparsers.add_parser("doctor", help="check a token or a config end to end",
-                                   description=__doc__.split("\n\n")[1] if __doc__ else None)
+                                   description=_description())
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="FILE", help="the keyless config to check")
     where.add_argument("--token-file", metavar="T", help="a file holding the JWT to check")
