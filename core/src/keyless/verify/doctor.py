@@ -69,9 +69,15 @@ class Check:
 
 
 def target_audience(identity: Keyless) -> str | None:
-    """The ``aud`` the first configured target's receiver expects (the audience keyless
-    requests the subject token for: :meth:`keyless.Keyless.target_audience`)."""
-    return identity.default_audience()
+    """The ``aud`` the first configured target's receiver expects: the target's own audience
+    (its audience field, or its default: ``sts.amazonaws.com``, ``https:`` + the GCP provider,
+    the Databricks workspace's token endpoint, the Hub ...). ``source.audience`` is what is
+    asked of the IdP (an RFC 8707 resource, say), which may be another string."""
+    targets = identity.config.target.configured()
+    if not targets:
+        return identity.default_audience()
+    audience, _own = next(iter(targets.values())).token_audience()
+    return audience
 
 
 class _Report:
