@@ -13,8 +13,8 @@ import pytest
 import keyless
 
 PACKAGE = Path(keyless.__file__).parent
-STAGES = {"config", "sources", "targets", "refresher", "delivery", "audit", "verify", "cli",
-          "dev", "testing"}
+STAGES = {"config", "sources", "targets", "refresher", "delivery", "audit", "verify", "host",
+          "cli", "dev", "testing"}
 
 
 def _module(path: Path) -> str:

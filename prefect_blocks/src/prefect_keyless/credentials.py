@@ -15,10 +15,7 @@ builds its own credentials there; a forked child starts a new cache as well.
 
 from __future__ import annotations
 
-import os
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from uuid import UUID
@@ -29,6 +26,7 @@ from pydantic.json_schema import GenerateJsonSchema
 
 from keyless import ConfigError, Keyless, KeylessConfig, WorkerContext, load_config
 from keyless.config import AmbientSource, AuditSpec, DeliverySpec, RefreshSpec, TargetsSpec
+from keyless.host import ProcessCache
 
 from .fields import BlockSourceSpec, label_targets
 from .runtime import RunKey, current_run_key, prefect_worker_context
@@ -46,77 +44,12 @@ CONFIG_FIELDS: tuple[str, ...] = ("source", "target", "refresh", "audit", "deliv
 _PREFECT_KEYS = ("_block_document_id", "_block_document_name", "_is_anonymous")
 #: At most this many identities (flow run/task run pairs) are kept per process.
 _MAX_IDENTITIES = 64
+_CONFIG = "config"
 
 
 def _plain(value: Any) -> Any:
     """A spec model as a mapping (secrets stay ``SecretStr``), anything else as is."""
     return value.model_dump() if isinstance(value, BaseModel) else value
-
-
-class _IdentityCache:
-    """This process's credentials: one :class:`~keyless.Keyless` per (flow run, task run),
-    least recently used dropped past :data:`_MAX_IDENTITIES`.
-
-    Pickling or deep-copying gives an empty cache (``__reduce__``), and a cache used after a
-    fork starts empty in the child: credentials never cross a process boundary.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._config: KeylessConfig | None = None
-        self._identities: OrderedDict[RunKey, Keyless] = OrderedDict()
-
-    def __reduce__(self) -> tuple[type[_IdentityCache], tuple[()]]:
-        return (_IdentityCache, ())
-
-    def __eq__(self, other: object) -> bool:  # a cache is not state: equal blocks stay equal
-        return isinstance(other, _IdentityCache)
-
-    def __hash__(self) -> int:
-        return 0
-
-    def _this_process(self) -> None:  # call with the lock held
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._config = None
-            self._identities = OrderedDict()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._config = None
-            self._identities.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            self._this_process()
-            return len(self._identities)
-
-    def config(self, build: Callable[[], KeylessConfig]) -> KeylessConfig:
-        with self._lock:
-            self._this_process()
-            if self._config is None:
-                self._config = build()
-            return self._config
-
-    def identity(self, key: RunKey, build: Callable[[], Keyless]) -> tuple[Keyless, bool]:
-        """The identity for ``key`` and whether it was built by this call. Built outside the
-        lock (building may ask the Prefect API for the flow run's name); if two threads race,
-        the first one stored wins and the other is dropped before any upstream call."""
-        with self._lock:
-            self._this_process()
-            found = self._identities.get(key)
-            if found is not None:
-                self._identities.move_to_end(key)
-                return found, False
-        built = build()
-        with self._lock:
-            self._this_process()
-            found = self._identities.setdefault(key, built)
-            self._identities.move_to_end(key)
-            while len(self._identities) > _MAX_IDENTITIES:
-                self._identities.popitem(last=False)
-        return found, found is built
 
 
 class KeylessCredentials(CredentialsBlock):
@@ -158,7 +91,11 @@ class KeylessCredentials(CredentialsBlock):
     allow_insecure_http: bool = Field(
         default=False, description="Allow http:// URLs, and only to loopback addresses.")
 
-    _cache: _IdentityCache = PrivateAttr(default_factory=_IdentityCache)
+    # this process's credentials, one per (flow run, task run); never pickled (keyless.host)
+    _cache: ProcessCache[RunKey, Keyless] = PrivateAttr(
+        default_factory=lambda: ProcessCache(_MAX_IDENTITIES))
+    _config: ProcessCache[str, KeylessConfig] = PrivateAttr(
+        default_factory=lambda: ProcessCache(1))
 
     @classmethod
     def model_json_schema(  # type: ignore[override]  # Block's own (narrower) signature
@@ -191,13 +128,15 @@ class KeylessCredentials(CredentialsBlock):
     def keyless_config(self) -> KeylessConfig:
         """The block's fields as a validated :class:`~keyless.KeylessConfig` (cached in this
         process). Raises :class:`~keyless.ConfigError` naming the field at fault."""
-        return self._cache.config(
-            lambda: _validate({name: _plain(getattr(self, name)) for name in CONFIG_FIELDS}))
+        config, _ = self._config.get(_CONFIG, lambda: _validate(
+            {name: _plain(getattr(self, name)) for name in CONFIG_FIELDS}))
+        return config
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if name in CONFIG_FIELDS:
-            self._cache.clear()  # a changed field: rebuild config and credentials
+        if name in CONFIG_FIELDS:  # a changed field: rebuild config and credentials
+            self._config.clear()
+            self._cache.clear()
 
     def _to_block_document(
         self,
@@ -224,7 +163,7 @@ class KeylessCredentials(CredentialsBlock):
         process: built on first use, then reused (tokens and credentials refresh inside)."""
         config = self.keyless_config()
         key = current_run_key()
-        identity, built = self._cache.identity(
+        identity, built = self._cache.get(
             key, lambda: Keyless(config, context=self.worker_context()))
         if built:
             context = identity.context

@@ -41,6 +41,7 @@ from keyless import (
 )
 from keyless.delivery import TokenDirectory, TokenFileKeeper, sdk_environment
 from keyless.delivery.files import write_private_file
+from keyless.host import secret_fields, secret_paths
 
 from .names import MANIFEST_VARIABLE, MARKER_VARIABLE, PLUGIN_NAME
 
@@ -49,24 +50,9 @@ __all__ = ["SECRET_FIELDS", "NodeEntry", "NodeRegistry", "config_id", "is_transi
 
 logger = logging.getLogger("keyless_ray.agent")
 
-#: Config fields that hold a secret: refused inline in a runtime env.
-SECRET_FIELDS = ("client_secret", "private_key")
+#: Config fields that hold a secret (the schema's ``secret`` flag): refused inline in a runtime env.
+SECRET_FIELDS = tuple(sorted(secret_fields()))
 MANIFEST_NAME = "worker-manifest.json"
-
-
-def _secret_paths(node: Any, path: str) -> list[str]:
-    found: list[str] = []
-    if isinstance(node, Mapping):
-        for key, child in node.items():
-            where = f"{path}.{key}" if path else str(key)
-            if key in SECRET_FIELDS and child not in (None, ""):
-                found.append(where)
-            else:
-                found.extend(_secret_paths(child, where))
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            found.extend(_secret_paths(child, f"{path}.{index}"))
-    return found
 
 
 def parse_runtime_env_value(value: Any) -> KeylessConfig:
@@ -75,7 +61,7 @@ def parse_runtime_env_value(value: Any) -> KeylessConfig:
         raise ConfigError(f"ray-keyless: runtime_env['{PLUGIN_NAME}'] must be a mapping (the "
                           f"keyless config: source, target, ...), got {type(value).__name__}; "
                           "fix: see `keyless schema`")
-    secrets = _secret_paths(value, "")
+    secrets = secret_paths(value)
     if secrets:
         raise ConfigError(
             f"ray-keyless: {secrets[0]}: a secret inline in a runtime env is refused: Ray writes "

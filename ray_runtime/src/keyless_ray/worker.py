@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from keyless import ConfigError, Keyless, WorkerContext
 from keyless.delivery import ENDPOINT_SHADOWED_VARIABLES
+from keyless.host import ProcessCache
 
 from .names import MANIFEST_VARIABLE, MARKER_VARIABLE, PLUGIN_SETTING, missing_plugin_message
 
@@ -42,7 +43,8 @@ __all__ = ["boto3_session", "credential_endpoint", "flush_audit", "google_creden
            "identity", "setup", "token", "worker_context"]
 
 _lock = threading.Lock()
-_identities: dict[tuple[str, str, WorkerContext], Keyless] = {}
+#: This worker process's identities, per (config, token file, worker context).
+_identities: ProcessCache[tuple[str, str, WorkerContext], Keyless] = ProcessCache(1024)
 _servers: dict[tuple[str, WorkerContext], CredentialServer] = {}
 
 
@@ -127,12 +129,9 @@ def identity(target: str | None = "aws", *, audience: str | None = None) -> Keyl
         path = str(manifest["default_file"])
     context = worker_context()
     key = (str(manifest["id"]), f"{target}:{path}", context)
-    with _lock:
-        found = _identities.get(key)
-        if found is None:
-            found = Keyless(_file_config(manifest, target, path), context=context)
-            _identities[key] = found
-        return found
+    found, _ = _identities.get(
+        key, lambda: Keyless(_file_config(manifest, target, path), context=context))
+    return found
 
 
 def flush_audit() -> None:
@@ -140,9 +139,7 @@ def flush_audit() -> None:
     writes its tags, this worker's part and the merged timeline now). Call it at the end of a
     Ray Train loop: a worker actor is not promised an interpreter exit, where it would happen
     otherwise. Best effort per sink, like :meth:`keyless.audit.AuditLog.close`."""
-    with _lock:
-        identities = list(_identities.values())
-    for found in identities:
+    for found in _identities.values():
         found.audit.close()
 
 
