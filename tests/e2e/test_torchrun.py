@@ -12,6 +12,7 @@ process outside the launch (or of another OS user) gets 403, and long names stay
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,37 @@ with open(os.path.join(out, f"rank-{rank}.json"), "w") as f:
 """
 
 
+def _tree(root: int) -> list[int]:
+    """``root`` and every process below it, as /proc tells now."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rfind(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``proc``, and on the way out (a failed assertion included) every process it left."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            for pid in reversed(_tree(proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
 def _shards(federation: Federation, ranks: int) -> None:
     for rank in range(ranks):
         federation.aws.put_object(federation.aws.bucket,
@@ -152,8 +185,8 @@ def test_each_torchrun_rank_gets_its_own_session_and_shard_across_rollovers(
     _shards(federation, 2)
     spec = _spec(federation, tmp_path, "tr-{job_id}-r{rank}")
     env = {**_environment(federation, tmp_path), "KEYLESS_JOB_ID": "job7"}
-    proc = _exec_torchrun(spec, tmp_path, env, federation=federation)
-    out, err = proc.communicate(timeout=300)
+    with reaped(_exec_torchrun(spec, tmp_path, env, federation=federation)) as proc:
+        out, err = proc.communicate(timeout=300)
     leak_guard.add(out, err)
     assert proc.returncode == 0, err[-4000:]
     reports = _reports(tmp_path)
@@ -185,10 +218,10 @@ def test_a_restarted_rank_gets_its_own_credentials_again(
     aws = federation.aws
     _shards(federation, 2)
     spec = _spec(federation, tmp_path, "re-r{rank}")
-    proc = _exec_torchrun(spec, tmp_path, _environment(federation, tmp_path),
-                          "--max-restarts", "1", mode="die-once", steps=3,
-                          federation=federation)
-    out, err = proc.communicate(timeout=300)
+    with reaped(_exec_torchrun(spec, tmp_path, _environment(federation, tmp_path),
+                               "--max-restarts", "1", mode="die-once", steps=3,
+                               federation=federation)) as proc:
+        out, err = proc.communicate(timeout=300)
     leak_guard.add(out, err)
     assert proc.returncode == 0, err[-4000:]
     reports = _reports(tmp_path)
@@ -238,36 +271,36 @@ def test_sigterm_ends_every_rank_and_outsiders_get_nothing(
         federation: Federation, tmp_path: Path, leak_guard: LeakGuard) -> None:
     _shards(federation, 2)
     spec = _spec(federation, tmp_path, "sig-r{rank}")
-    proc = _exec_torchrun(spec, tmp_path, _environment(federation, tmp_path), mode="hang",
-                          federation=federation)
-    ready_files = [tmp_path / "out" / f"ready-{rank}.json" for rank in (0, 1)]
-    deadline = time.monotonic() + 180
-    while not all(p.exists() and p.stat().st_size for p in ready_files):
-        assert proc.poll() is None, proc.communicate()[1][-4000:]
-        assert time.monotonic() < deadline, "the ranks did not start"
-        time.sleep(0.2)
-    time.sleep(0.3)
-    ready = [json.loads(p.read_text()) for p in ready_files]
-    url, token_file = ready[0]["url"], Path(ready[0]["token_file"])
-    token = token_file.read_text()
-    leak_guard.forbid(token)
+    with reaped(_exec_torchrun(spec, tmp_path, _environment(federation, tmp_path), mode="hang",
+                               federation=federation)) as proc:
+        ready_files = [tmp_path / "out" / f"ready-{rank}.json" for rank in (0, 1)]
+        deadline = time.monotonic() + 180
+        while not all(p.exists() and p.stat().st_size for p in ready_files):
+            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            assert time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.2)
+        time.sleep(0.3)
+        ready = [json.loads(p.read_text()) for p in ready_files]
+        url, token_file = ready[0]["url"], Path(ready[0]["token_file"])
+        token = token_file.read_text()
+        leak_guard.forbid(token)
 
-    # this test process is outside the launched tree: the right token is not enough
-    assert _get(url, None) == 401
-    assert _get(url, token) == 403
-    # another OS user, even holding the token, gets nothing
-    python = _interpreter_for_anyone()
-    if os.getuid() == 0 and python is not None:
-        other = subprocess.run([python, "-c", OTHER_USER, url], input=token, cwd="/",
-                               capture_output=True, text=True, timeout=60, user=65534,
-                               group=65534, extra_groups=[])
-        assert other.stdout.strip() == "403", other.stderr[-2000:]
-    else:
-        print("another-user check skipped: not root, or no Python every user may run")
+        # this test process is outside the launched tree: the right token is not enough
+        assert _get(url, None) == 401
+        assert _get(url, token) == 403
+        # another OS user, even holding the token, gets nothing
+        python = _interpreter_for_anyone()
+        if os.getuid() == 0 and python is not None:
+            other = subprocess.run([python, "-c", OTHER_USER, url], input=token, cwd="/",
+                                   capture_output=True, text=True, timeout=60, user=65534,
+                                   group=65534, extra_groups=[])
+            assert other.stdout.strip() == "403", other.stderr[-2000:]
+        else:
+            print("another-user check skipped: not root, or no Python every user may run")
 
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    leak_guard.add(out, err)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        leak_guard.add(out, err)
     assert proc.returncode == 143, err[-4000:]
     for rank in ready:
         assert not Path(f"/proc/{rank['pid']}").exists(), "a rank outlived the launcher"

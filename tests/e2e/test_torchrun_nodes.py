@@ -6,6 +6,7 @@ identities, each confined to its own shard."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import Federation, LeakGuard
-from tests.e2e.test_torchrun import TORCHRUN, TRAIN, _environment, _shards
+from tests.e2e.test_torchrun import TORCHRUN, TRAIN, _environment, _shards, reaped
 from tests.support.netns import Host, hosts
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +51,7 @@ def test_two_nodes_of_two_ranks_get_four_identities(
     out = tmp_path / "out"
     out.mkdir()
     env = _environment(federation, tmp_path)
-    with hosts(2) as group:
+    with hosts(2) as group, contextlib.ExitStack() as running:
         if group is None:
             print("network namespaces cannot be made here: both torchrun agents on loopback")
             nodes = [Host("", "lo", "127.0.0.1"), Host("", "lo", "127.0.0.1")]
@@ -67,10 +68,10 @@ def test_two_nodes_of_two_ranks_get_four_identities(
                        "--rdzv-id", "keyless-nodes", "--rdzv-conf", f"is_host={int(index == 0)}",
                        "--local-addr", node.address, "--max-restarts", "0",
                        str(train), aws.bucket, federation.prefix, str(out), "4"]
-            procs.append(subprocess.Popen(
+            procs.append(running.enter_context(reaped(subprocess.Popen(
                 node.command(*command) if node.namespace else command,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**env, "GLOO_SOCKET_IFNAME": node.interface}))
+                env={**env, "GLOO_SOCKET_IFNAME": node.interface}))))
         results = [proc.communicate(timeout=300) for proc in procs]
     for proc, (stdout, stderr) in zip(procs, results, strict=True):
         leak_guard.add(stdout, stderr)

@@ -24,6 +24,7 @@ from keyless_ray import MANIFEST_VARIABLE, MARKER_VARIABLE, ray_schema
 from keyless_ray.agent import NodeRegistry, config_id, parse_runtime_env_value
 from keyless_ray.plugin import KeylessPlugin, cache_limit_bytes
 from tests.core.helpers import Recorder, make_jwt
+from tests.core.test_registry import CASES
 
 ROLE = "arn:aws:iam::123456789012:role/trainer"
 LOG = logging.getLogger("test.keyless_ray")
@@ -216,3 +217,24 @@ def test_schema_is_titled_for_ray_and_validates_the_config(tmp_path: Path) -> No
     jsonschema.validate(file_config(tmp_path), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"target": {"aws": {"role_arn": ROLE}}, "bogus": 1}, schema)
+
+
+@pytest.mark.parametrize(("name", "spec", "audience"),
+                         [(name, spec, audience) for name, spec, audience, _ in CASES])
+def test_the_worker_manifest_agrees_with_the_registry(tmp_path: Path, name: str,
+                                                      spec: dict[str, Any],
+                                                      audience: str) -> None:
+    """The node's manifest points each worker at the token file of its target's audience:
+    the same audience Keyless, delivery and doctor use (tests/core/test_registry.py)."""
+    from keyless.delivery import TokenDirectory, delivery_audiences
+    from keyless_ray.agent import worker_manifest
+
+    token = tmp_path / "token"
+    token.write_text(make_jwt(aud=audience))
+    identity = Keyless({"source": {"type": "file", "path": str(token)},
+                        "target": {name: spec}})
+    directory = TokenDirectory(tmp_path / "files")
+    files = {aud: directory.write(aud, identity.token(aud)) for aud in delivery_audiences(identity)}
+    manifest = worker_manifest(identity, "id", files)
+    assert manifest["targets"] == {name: str(files[audience])}
+    assert identity.target_audience(name) == audience

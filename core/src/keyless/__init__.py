@@ -53,6 +53,7 @@ MOVED: dict[str, str] = {
     "keyless.files": "keyless.delivery.files",
     "keyless.loopback": "keyless.delivery.loopback",
     "keyless.process": "keyless.dev.process",
+    "keyless.sources._common": "keyless.http",
     "keyless.verify_asgi": "keyless.verify.asgi",
 }
 

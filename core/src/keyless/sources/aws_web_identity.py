@@ -18,8 +18,8 @@ from typing import Any
 
 from ..config import AwsWebIdentityTokenSource
 from ..errors import SourceMisconfigured, SourceUnavailable
+from ..http import LazyClient
 from ..tokens import SubjectToken
-from ._common import LazyClient
 
 __all__ = ["AwsWebIdentityTokenSourceImpl"]
 

@@ -22,8 +22,8 @@ from urllib.parse import quote
 
 from ..config import GithubActionsSource, GitlabSource
 from ..errors import SourceMisconfigured
+from ..http import json_object, raise_for_status, send
 from ..tokens import SubjectToken
-from ._common import json_object, raise_for_status, send
 from .base import HttpClientFactory, default_http_client
 
 __all__ = ["GithubActionsTokenSource", "GitlabTokenSource"]

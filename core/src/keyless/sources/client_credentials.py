@@ -39,8 +39,8 @@ import jwt
 from ..clock import Clock, SystemClock
 from ..config import ClientCredentialsSource
 from ..errors import SourceMisconfigured
+from ..http import is_jwt, json_object, oauth_json, raise_for_status, safe_url, send
 from ..tokens import SubjectToken
-from ._common import is_jwt, json_object, oauth_json, raise_for_status, safe_url, send
 from .base import HttpClientFactory, default_http_client
 
 __all__ = ["ASSERTION_LIFETIME", "CLIENT_ASSERTION_TYPE", "ClientCredentialsTokenSource",

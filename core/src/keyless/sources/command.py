@@ -23,8 +23,8 @@ from pathlib import PurePath
 
 from ..config import CommandSource
 from ..errors import SourceMisconfigured, SourceUnavailable
+from ..http import looks_like_token
 from ..tokens import SubjectToken
-from ._common import looks_like_token
 
 __all__ = ["AUDIENCE_VARIABLE", "CommandTokenSource"]
 

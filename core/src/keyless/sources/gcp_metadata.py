@@ -23,8 +23,8 @@ import httpx
 
 from ..config import GcpMetadataSource
 from ..errors import SourceMisconfigured
+from ..http import raise_for_status, send
 from ..tokens import SubjectToken
-from ._common import raise_for_status, send
 from .base import HttpClientFactory, default_http_client
 
 __all__ = ["DEFAULT_METADATA_HOST", "GcpMetadataTokenSource"]

@@ -16,8 +16,8 @@ from typing import Any
 
 from ..config import SpiffeSource
 from ..errors import SourceMisconfigured, SourceUnavailable
+from ..http import LazyClient
 from ..tokens import SubjectToken
-from ._common import LazyClient
 
 __all__ = ["SpiffeTokenSource"]
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from ..config import TokenExchangeSource
 from ..errors import SourceMisconfigured, SourceUnavailable
+from ..http import is_jwt, oauth_json, safe_url, send
 from ..tokens import SubjectToken
-from ._common import is_jwt, oauth_json, safe_url, send
 from .base import HttpClientFactory, Source, default_http_client
 from .client_credentials import basic_auth_header
 

@@ -31,8 +31,8 @@ from ..clock import Clock
 from ..config import AzureTarget
 from ..context import WorkerContext
 from ..errors import ExchangeFailed, KeylessError, TokenRejected
+from ..http import scrub
 from ..refresher import Fetched, Refresher, RefreshPolicy
-from ..sources._common import scrub
 from ..tokens import SubjectToken, TokenGetter
 from .audited import ExchangeAudit
 from .oauth2 import claim_at_fault

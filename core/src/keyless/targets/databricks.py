@@ -26,7 +26,7 @@ from ..audit import AuditLog
 from ..config import DatabricksTarget
 from ..context import WorkerContext
 from ..errors import ExchangeFailed, KeylessError, TokenRejected
-from ..sources._common import scrub
+from ..http import scrub
 from ..tokens import SubjectToken, TokenGetter
 from .audited import ExchangeAudit
 from .oauth2 import claim_at_fault

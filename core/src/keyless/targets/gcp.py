@@ -37,9 +37,9 @@ from ..config import GcpTarget
 from ..context import WorkerContext, render_json_template
 from ..delivery.files import write_private_file
 from ..errors import ConfigError, ExchangeFailed, KeylessError, TokenRejected
+from ..http import safe_url
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
-from ..sources._common import safe_url
 from ..tokens import SubjectToken, TokenGetter
 from .audited import ExchangeAudit
 

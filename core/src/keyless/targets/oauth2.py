@@ -39,9 +39,9 @@ from ..errors import (
     SourceUnavailable,
     TokenRejected,
 )
+from ..http import OAUTH_FIXES, json_object, safe_url, scrub, send
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
-from ..sources._common import OAUTH_FIXES, json_object, safe_url, scrub, send
 from ..tokens import SubjectToken, TokenGetter
 from .audited import ExchangeAudit
 

@@ -30,9 +30,9 @@ import httpx
 
 from ..clock import Clock, SystemClock
 from ..errors import KeylessError, TokenRejected
+from ..http import safe_url
 from ..identity import Keyless
 from ..secret import fingerprint
-from ..sources._common import safe_url
 from .verifier import (
     DEFAULT_ALGORITHMS,
     JwksCache,

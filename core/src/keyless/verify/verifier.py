@@ -38,7 +38,7 @@ import jwt
 
 from ..clock import Clock, SystemClock
 from ..errors import ConfigError, KeylessError, SourceMisconfigured, TokenRejected
-from ..sources._common import json_object, raise_for_status, safe_url, send
+from ..http import json_object, raise_for_status, safe_url, send
 from ..sources.base import default_http_client
 
 __all__ = [

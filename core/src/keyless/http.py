@@ -1,5 +1,6 @@
-"""Plumbing shared by the sources: HTTP calls with the error mapping every source uses, and
-scrubbing of anything that might carry a token before it reaches a message.
+"""HTTP and JSON plumbing shared by the sources, the targets and verification: calls with the
+one error mapping every caller uses, and scrubbing of anything that might carry a token
+before it reaches a message.
 
 Error mapping (one place, so every source agrees):
 
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import jwt
 
-from ..errors import SourceMisconfigured, SourceUnavailable
+from .errors import SourceMisconfigured, SourceUnavailable
 
 __all__ = [
     "OAUTH_FIXES",
