@@ -58,7 +58,10 @@ def safe_url(url: str | httpx.URL) -> str:
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace every given secret and every token-looking run in ``text``; cap its length."""
+    """Replace every given secret and every token-looking run in ``text``; cap its length.
+    The one scrubber for text keyless did not write (a vendor's error, a server's answer, a
+    command's output) before it reaches a message; :func:`keyless.audit.redact` is the audit
+    sinks' last line of defence on text keyless did write."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "[redacted]")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..audit import redact
 from ..errors import ExchangeFailed, KeylessError, TokenRejected
+from ..http import scrub
 from ..tokens import SubjectToken
 
 __all__ = ["translate_sts_error"]
@@ -32,12 +32,12 @@ def translate_sts_error(exc: BaseException, *, role_arn: str,
     response: dict[str, Any] = getattr(exc, "response", None) or {}
     error = response.get("Error", {}) if isinstance(response, dict) else {}
     code = str(error.get("Code", "")) if error else ""
-    message = redact(str(error.get("Message", "")))[:300] if error else ""
+    message = scrub(str(error.get("Message", ""))) if error else ""
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
     facts = _facts(token)
     head = f"aws-sts: AssumeRoleWithWebIdentity for {role_arn} failed"
     if not code:
-        return ExchangeFailed(f"{head}: {type(exc).__name__}: {redact(str(exc))[:300]}; "
+        return ExchangeFailed(f"{head}: {type(exc).__name__}: {scrub(str(exc))}; "
                               "fix: check sts_endpoint_url / AWS_ENDPOINT_URL_STS and the network",
                               retryable=True)
     lowered = message.lower()

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..audit import AuditLog, redact
+from ..audit import AuditLog
 from ..clock import Clock, SystemClock
 from ..config import GcpTarget
 from ..context import WorkerContext, render_json_template
 from ..delivery.files import write_private_file
 from ..errors import ConfigError, ExchangeFailed, KeylessError, TokenRejected
-from ..http import safe_url
+from ..http import safe_url, scrub
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
 from ..tokens import SubjectToken, TokenGetter
@@ -258,7 +258,7 @@ class GcpExchange:
                 except (ValueError, TypeError) as exc:  # google-auth's InvalidValue/InvalidType
                     raise ConfigError(
                         f"config: target.gcp: google-auth refused the settings: "
-                        f"{redact(str(exc))[:200]}; fix: check access_boundary rules "
+                        f"{scrub(str(exc))}; fix: check access_boundary rules "
                         "(permissions look like inRole:roles/...) and audience",
                         field="target.gcp") from None
             inner = self._inner
@@ -297,10 +297,9 @@ class GcpExchange:
             return ExchangeFailed(f"{head}: {type(exc).__name__} talking to {where}{facts}; fix: "
                                   "check target.gcp.token_url and the network", retryable=True)
         code, description = _error_text(failed.body)
-        secret = "" if token is None else token.token.reveal()
-        quoted = redact(f"{code}: {description}" if code else failed.body[:200])
-        quoted = quoted.replace(secret, "[redacted]") if secret else quoted
-        what = f"{head}: HTTP {failed.status} from {failed.url}: {quoted[:300]}{facts}"
+        secrets = () if token is None else (token.token.reveal(),)
+        quoted = scrub(f"{code}: {description}" if code else failed.body[:200], secrets)
+        what = f"{head}: HTTP {failed.status} from {failed.url}: {quoted}{facts}"
         if failed.status == 429 or failed.status >= 500:
             return ExchangeFailed(f"{what}; retrying with backoff", retryable=True)
         lowered = description.lower()
