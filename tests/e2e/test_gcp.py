@@ -243,3 +243,37 @@ def test_a_source_audience_for_aws_beside_a_gcp_target_with_its_own(
     assert sts.accepted[0]["aud"] == AUDIENCE  # not the AWS audience
     assert federation.aws.front.accepted[-1]["aud"] in ("sts.amazonaws.com",
                                                        "https://sts.amazonaws.com")
+
+
+RANK_READER = r"""
+import json, os, sys
+import google.auth
+from google.auth.transport.requests import AuthorizedSession
+credentials, _ = google.auth.default()
+reply = AuthorizedSession(credentials).get(sys.argv[1])
+print(json.dumps({"rank": os.environ["RANK"], "status": reply.status_code}), flush=True)
+"""
+
+
+def test_torchrun_ranks_read_through_google_auth_default(
+        reference_idp: ReferenceIdP, sts: GcpSts, tmp_path: Path, leak_guard: LeakGuard) -> None:
+    """`keyless exec --config F -- torchrun ...` with a GCP target: every rank's unmodified
+    `google.auth.default()` finds the generated external_account file and reads through the
+    fixture STS (GCP has no per-session name; the job's principal is each rank's)."""
+    import yaml
+
+    path = tmp_path / "gcp.yaml"
+    path.write_text(yaml.safe_dump(config(reference_idp, sts, project_id="proj-test")))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOOGLE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "keyless", "exec", "--config", str(path), "--", torchrun,
+         "--standalone", "--nproc-per-node", "2", "--no-python", sys.executable, "-c",
+         RANK_READER, sts.object_url(BUCKET, "shard-0.bin")],
+        capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
+    leak_guard.add(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = sorted((json.loads(line) for line in result.stdout.splitlines()
+                      if line.startswith("{")), key=lambda a: a["rank"])
+    assert answers == [{"rank": "0", "status": 200}, {"rank": "1", "status": 200}]
+    assert all(a["aud"] == AUDIENCE for a in sts.accepted)
