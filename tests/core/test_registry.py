@@ -120,3 +120,16 @@ def test_ambient_names_every_explicit_source_type_when_nothing_is_here() -> None
     with pytest.raises(SourceUnavailable) as missing:
         source.fetch("aud")
     assert all(name in str(missing.value) for name in SOURCE_TYPES if name != "ambient")
+
+
+def test_a_config_written_out_whole_keeps_its_audiences(tmp_path: Path) -> None:
+    """Hosts store whole models (a Prefect block saves every default): a default written out
+    is still a default, so source.audience keeps serving the target after a round trip."""
+    spec = {"source": {"type": "file", "path": "/t", "audience": "https://sts.amazonaws.com"},
+            "target": {"aws": {"role_arn": "arn:aws:iam::123456789012:role/r"}}}
+    whole = load_config(spec).model_dump(mode="json")
+    assert whole["target"]["aws"]["audience"] == "sts.amazonaws.com"  # the default, written out
+    for config in (spec, whole):
+        assert Keyless(config).target_audience("aws") == "https://sts.amazonaws.com"
+    whole["target"]["aws"]["audience"] = "https://own.example"
+    assert Keyless(whole).target_audience("aws") == "https://own.example"

@@ -21,6 +21,11 @@ _ROLE_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$
 _POLICY_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}$")
 
 
+def _default(spec: type[_Spec], field: str) -> Any:
+    """A spec field's default value."""
+    return spec.model_fields[field].default
+
+
 class AwsTarget(_Spec):
     """AWS STS AssumeRoleWithWebIdentity."""
 
@@ -49,8 +54,10 @@ class AwsTarget(_Spec):
 
     def token_audience(self) -> tuple[str, bool]:
         """The subject token's aud for this target, and whether this target's own config sets
-        it (else ``source.audience``, when given, is requested instead)."""
-        return self.audience, "audience" in self.model_fields_set
+        one other than the default (else ``source.audience``, when given, is requested
+        instead). By value, not by "was the field given": hosts store whole models (a Prefect
+        block saves every default), and the default written out is still the default."""
+        return self.audience, self.audience != _default(type(self), "audience")
 
     @field_validator("role_arn")
     @classmethod
@@ -124,8 +131,9 @@ class AzureTarget(_Spec):
     audience: str = "api://AzureADTokenExchange"
 
     def token_audience(self) -> tuple[str, bool]:
-        """The subject token's aud, and whether this target's config sets it."""
-        return self.audience, "audience" in self.model_fields_set
+        """The subject token's aud, and whether this target's config sets one other than the
+        default (see :meth:`AwsTarget.token_audience`)."""
+        return self.audience, self.audience != _default(type(self), "audience")
 
 
 class DatabricksTarget(_Spec):
