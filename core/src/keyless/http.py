@@ -28,6 +28,10 @@ import jwt
 from .errors import SourceMisconfigured, SourceUnavailable
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
+    "ID_TOKEN_TYPE",
+    "JWT_TOKEN_TYPE",
+    "TOKEN_EXCHANGE_GRANT",
     "OAUTH_FIXES",
     "LazyClient",
     "is_jwt",
@@ -39,6 +43,12 @@ __all__ = [
     "scrub",
     "send",
 ]
+
+#: RFC 8693 token exchange: the grant type and the token types keyless sends and accepts.
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
 # A JWT-ish or long opaque run of token characters: never echoed.
 _TOKENISH = re.compile(
@@ -92,14 +102,18 @@ def is_jwt(raw: object) -> bool:
 
 def send(component: str, client: httpx.Client, method: str, url: str, *,
          data: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
-         timeout: float | None = None) -> httpx.Response:
-    """Send one request; transport failures become keyless errors naming ``component``.
+         timeout: float | None = None, json: Mapping[str, Any] | None = None,
+         ) -> httpx.Response:
+    """Send one request (``data``: a form, ``json``: a JSON body); transport failures become
+    keyless errors naming ``component``.
 
     ``timeout`` overrides the client's default for this request (``None``: the client's).
     """
     kwargs: dict[str, Any] = {}
     if data is not None:
         kwargs["data"] = dict(data)
+    if json is not None:
+        kwargs["json"] = dict(json)
     if headers is not None:
         kwargs["headers"] = dict(headers)
     if timeout is not None:

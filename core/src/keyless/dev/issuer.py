@@ -43,14 +43,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ..clock import Clock, SystemClock
 from ..delivery.loopback import LoopbackHttpServer, LoopbackService, QuietHandler, is_loopback
 from ..errors import ConfigError, KeylessError
+from ..http import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
 __all__ = ["DevClient", "DevIssuer", "TOKEN_EXCHANGE_GRANT", "TOKEN_TYPE_JWT", "is_loopback"]
 
 
-TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
-_ACCEPTED_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, "urn:ietf:params:oauth:token-type:access_token",
-                                   "urn:ietf:params:oauth:token-type:id_token"})
+TOKEN_TYPE_JWT = JWT_TOKEN_TYPE
+_ACCEPTED_TOKEN_TYPES = frozenset({JWT_TOKEN_TYPE, ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE})
 _RESERVED = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "act", "client_id"})
 _MAX_BODY = 64 * 1024
 _COMPONENT = "dev-issuer"
@@ -289,7 +288,7 @@ class DevIssuer(LoopbackService):
             extra["scope"] = scope
         token = self.mint(client.subject or client.client_id, aud, lifetime, **extra)
         return {"access_token": token, "token_type": "Bearer", "expires_in": int(lifetime),
-                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+                "issued_token_type": ACCESS_TOKEN_TYPE}
 
     def _presented(self, form: Mapping[str, list[str]], name: str) -> dict[str, Any] | None:
         token = _one(form, f"{name}_token")

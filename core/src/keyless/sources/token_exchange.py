@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from ..config import TokenExchangeSource
 from ..errors import SourceMisconfigured, SourceUnavailable
-from ..http import is_jwt, oauth_json, safe_url, send
+from ..http import TOKEN_EXCHANGE_GRANT, is_jwt, oauth_json, safe_url, send
 from ..tokens import SubjectToken
 from .base import HttpClientFactory, Source, default_http_client
 from .client_credentials import basic_auth_header
 
 __all__ = ["TOKEN_EXCHANGE_GRANT", "TokenExchangeTokenSource"]
 
-TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 _COMPONENT = "source token_exchange"
 
 

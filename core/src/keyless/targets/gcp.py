@@ -37,7 +37,7 @@ from ..config import GcpTarget
 from ..context import WorkerContext, render_json_template
 from ..delivery.files import write_private_file
 from ..errors import ConfigError, ExchangeFailed, KeylessError, TokenRejected
-from ..http import safe_url, scrub
+from ..http import JWT_TOKEN_TYPE, safe_url, scrub
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
 from ..tokens import SubjectToken, TokenGetter
@@ -47,7 +47,7 @@ __all__ = ["DEFAULT_IMPERSONATION_URL", "SUBJECT_TOKEN_TYPE", "GcpExchange"]
 
 logger = logging.getLogger("keyless.gcp")
 
-SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+SUBJECT_TOKEN_TYPE = JWT_TOKEN_TYPE
 DEFAULT_IMPERSONATION_URL = ("https://iamcredentials.googleapis.com/v1/projects/-/"
                              "serviceAccounts/{sa}:generateAccessToken")
 _DOWNSCOPE_STS_URL = "https://sts.googleapis.com/v1/token"  # fixed in google.auth.downscoped

@@ -39,7 +39,16 @@ from ..errors import (
     SourceUnavailable,
     TokenRejected,
 )
-from ..http import OAUTH_FIXES, json_object, safe_url, scrub, send
+from ..http import (
+    ID_TOKEN_TYPE,
+    JWT_TOKEN_TYPE,
+    OAUTH_FIXES,
+    TOKEN_EXCHANGE_GRANT,
+    json_object,
+    safe_url,
+    scrub,
+    send,
+)
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
 from ..tokens import SubjectToken, TokenGetter
@@ -60,9 +69,7 @@ __all__ = [
     "origin",
 ]
 
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
+GRANT_TYPE = TOKEN_EXCHANGE_GRANT
 
 
 _CLAIM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -173,22 +180,11 @@ class TokenExchange:
                        issued_at=self._clock.time())
 
     def _post(self, fields: Mapping[str, str]) -> httpx.Response:
-        client = self._http()
+        as_json = self.body == "json"
         try:
-            if self.body == "json":
-                try:
-                    return client.post(self.token_url, json=dict(fields),
-                                       headers={"Accept": "application/json"})
-                except httpx.TimeoutException as exc:
-                    raise SourceUnavailable(
-                        f"{self.name}: {safe_url(self.token_url)} did not answer in time "
-                        f"({type(exc).__name__}); transient, retried with backoff") from None
-                except httpx.TransportError as exc:
-                    raise SourceUnavailable(
-                        f"{self.name}: cannot reach {safe_url(self.token_url)} "
-                        f"({type(exc).__name__}); transient, retried with backoff") from None
-            return send(self.name, client, "POST", self.token_url, data=fields,
-                        headers={"Accept": "application/json"})
+            return send(self.name, self._http(), "POST", self.token_url,
+                        headers={"Accept": "application/json"},
+                        data=None if as_json else fields, json=fields if as_json else None)
         except SourceUnavailable as exc:
             raise ExchangeFailed(exc.message, retryable=True) from None
         except SourceMisconfigured as exc:

@@ -39,13 +39,14 @@ import jwt
 
 from ..clock import Clock, SystemClock
 from ..delivery.loopback import LoopbackHttpServer, LoopbackService, QuietHandler
+from ..http import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 from ..secret import fingerprint
 
 __all__ = ["GcpSts", "IssuedToken", "gcp_sts_factory"]
 
-_JWT_TYPES = ("urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token")
-_ACCESS_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+_JWT_TYPES = (JWT_TOKEN_TYPE, ID_TOKEN_TYPE)
+_ACCESS_TYPE = ACCESS_TOKEN_TYPE
+_GRANT = TOKEN_EXCHANGE_GRANT
 _IMPERSONATE = re.compile(r"^/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken$")
 _OBJECT = re.compile(r"^/storage/v1/b/([^/]+)/o/(.+)$")
 _STARTS_WITH = re.compile(r"^resource\.name\.startsWith\(['\"]([^'\"]*)['\"]\)$")
