@@ -16,6 +16,10 @@ __all__ = ["AmbientSource", "AwsWebIdentityTokenSource", "ClientCredentialsSourc
 
 # ----------------------------------------------------------------------------- sources
 
+_REQUESTED_AUD = ("The aud to ask for, for every target that does not set its own (a target's "
+                  "audience / subject_audience wins for that target); default: each target's.")
+
+
 class FileSource(_Spec):
     """A JWT in a file (Kubernetes projected service-account token, AKS, EKS). Re-read on
     every fetch: kubelet rotates it in place."""
@@ -38,7 +42,7 @@ class GithubActionsSource(_Spec):
     """GitHub Actions' OIDC token (needs `permissions: id-token: write`)."""
 
     type: Literal["github_actions"] = "github_actions"
-    audience: str | None = Field(default=None, description="Requested aud.")
+    audience: str | None = Field(default=None, description=_REQUESTED_AUD)
 
 
 class GitlabSource(_Spec):
@@ -54,7 +58,7 @@ class GcpMetadataSource(_Spec):
     """The GCE/GKE metadata server's identity endpoint."""
 
     type: Literal["gcp_metadata"] = "gcp_metadata"
-    audience: str | None = Field(default=None, description="Requested aud.")
+    audience: str | None = Field(default=None, description=_REQUESTED_AUD)
     metadata_host: str | None = Field(
         default=None, description="Defaults to $GCE_METADATA_HOST or metadata.google.internal.")
 
@@ -77,7 +81,7 @@ class ClientCredentialsSource(_Spec):
                                         "client_secret_basic otherwise."))
     scope: str | None = None
     resource: str | None = Field(default=None, description="RFC 8707 resource; default audience.")
-    audience: str | None = Field(default=None, description="Requested aud.")
+    audience: str | None = Field(default=None, description=_REQUESTED_AUD)
     audience_parameter: Literal["resource", "audience"] = Field(
         default="resource", description="How the IdP takes the requested aud.")
 
