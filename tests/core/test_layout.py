@@ -90,3 +90,16 @@ def test_old_module_paths_still_import_as_the_same_module(old: str, new: str) ->
 def test_the_public_api_imports() -> None:
     for name in keyless.__all__:
         assert getattr(keyless, name) is not None
+
+
+HOSTS = Path(__file__).resolve().parents[2]
+HOST_MODULES = sorted(p for folder in ("airflow_provider", "prefect_blocks", "ray_runtime")
+                      for p in (HOSTS / folder / "src").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", HOST_MODULES, ids=[p.name for p in HOST_MODULES])
+def test_host_modules_only_translate(path: Path) -> None:
+    """A host module translates host config and context into keyless's: small, or it is
+    doing core work (which belongs in keyless.host or the core)."""
+    lines = len(path.read_text().splitlines())
+    assert lines < 200, f"{path.relative_to(HOSTS)} has {lines} lines"

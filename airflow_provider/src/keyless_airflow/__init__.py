@@ -16,7 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .fields import config_from_extra, conn_fields
+from .extra import config_from_extra
+from .fields import conn_fields
 from .provider_info import get_provider_info
 
 if TYPE_CHECKING:

@@ -16,17 +16,16 @@ Airflow 2's ``extra__keyless__<field>`` keys; JSON given as text is parsed. It r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from keyless import ConfigError, KeylessConfig, config_json_schema, load_config
+from keyless import config_json_schema
 
-__all__ = ["CONN_TYPE", "FLAT_SOURCE_FIELDS", "NESTED_FIELDS", "conn_fields",
-           "config_from_extra"]
+__all__ = ["CONN_TYPE", "FLAT_SOURCE_FIELDS", "NESTED_FIELDS", "PREFIX", "conn_fields"]
 
 CONN_TYPE = "keyless"
-_PREFIX = f"extra__{CONN_TYPE}__"
+#: What Airflow 2-style forms put before each extra field's name.
+PREFIX = f"extra__{CONN_TYPE}__"
 _SCALARS = ("string", "integer", "number", "boolean")
 
 
@@ -163,66 +162,3 @@ def _flat_source_names() -> frozenset[str]:
 
 #: Names of the flat source fields (the union over every source type).
 FLAT_SOURCE_FIELDS: frozenset[str] = _flat_source_names()
-
-
-def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _json_value(name: str, value: Any, where: str) -> Any:
-    """A JSON field given as text (the UI or an env var may store it so) parsed."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        raise ConfigError(f"{where}: extra field {name!r} is not valid JSON; fix: give a JSON "
-                          "object (see `keyless schema`)", field=name) from None
-
-
-def _normalise(extra: Mapping[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, value in extra.items():
-        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-        if not _empty(value):
-            values[name] = value
-    return values
-
-
-def config_from_extra(extra: Mapping[str, Any], *, where: str = "airflow connection",
-                      ) -> KeylessConfig:
-    """The keyless config in a connection's extra (flat form fields or the nested document).
-
-    Raises ConfigError naming the field at fault (``source.client_secret``, ``target.aws.
-    role_arn``, ``source_type`` ...); the message never contains a value.
-    """
-    values = _normalise(extra)
-    flat = sorted(name for name in values if name in FLAT_SOURCE_FIELDS or name == "source_type")
-    document: dict[str, Any] = {}
-    if "source" in values:
-        if flat:
-            raise ConfigError(f"{where}: give the source either as `source` (JSON) or as flat "
-                              f"fields, not both; fix: remove {', '.join(flat)} or `source`",
-                              field=flat[0])
-        document["source"] = _json_value("source", values.pop("source"), where)
-    elif flat:
-        source: dict[str, Any] = {"type": values.pop("source_type", "ambient")}
-        for name in flat:
-            if name in values:
-                source[name] = values.pop(name)
-        for name in ("subject", "actor", "tags", "command"):
-            if name in source:
-                source[name] = _json_value(name, source[name], where)
-        document["source"] = source
-    for name in (*NESTED_FIELDS, *[k for k in values if k not in NESTED_FIELDS]):
-        if name in values:
-            value = values[name]
-            document[name] = _json_value(name, value, where) if name in NESTED_FIELDS else value
-    if "target" not in document:
-        raise ConfigError(f"{where}: no `target`; fix: set the Target field (JSON), e.g. "
-                          '{"aws": {"role_arn": "arn:aws:iam::123456789012:role/NAME"}}',
-                          field="target")
-    try:
-        return load_config(document)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc.message}", field=exc.field) from None

@@ -20,7 +20,8 @@ from airflow.sdk import BaseHook
 from keyless import Keyless, KeylessConfig, KeylessError, WorkerContext
 from keyless.delivery.child import child_environment
 
-from .fields import CONN_TYPE, config_from_extra
+from .extra import config_from_extra
+from .fields import CONN_TYPE
 from .provider_info import HOOK_NAME
 from .task_context import task_identity, task_worker_context
 

@@ -15,44 +15,40 @@ builds its own credentials there; a forked child starts a new cache as well.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from uuid import UUID
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, HttpUrl, PrivateAttr, model_validator
 from pydantic.json_schema import GenerateJsonSchema
 
-from keyless import ConfigError, Keyless, KeylessConfig, WorkerContext, load_config
+from keyless import Keyless, KeylessConfig, WorkerContext
 from keyless.config import AmbientSource, AuditSpec, DeliverySpec, RefreshSpec, TargetsSpec
 from keyless.host import ProcessCache
 
-from .fields import BlockSourceSpec, label_targets
+from .clients import Clients
+from .fields import (
+    _PREFECT_KEYS,
+    CONFIG_FIELDS,
+    BlockSourceSpec,
+    _plain,
+    _validate,
+    label_targets,
+)
 from .runtime import RunKey, current_run_key, prefect_worker_context
 
 if TYPE_CHECKING:
-    import boto3
     from prefect.client.schemas.objects import BlockDocument
 
-__all__ = ["CONFIG_FIELDS", "KeylessCredentials"]
+__all__ = ["CONFIG_FIELDS", "KeylessCredentials"]  # CONFIG_FIELDS: see .fields
 
-#: The block fields that make up the keyless config (everything the block stores).
-CONFIG_FIELDS: tuple[str, ...] = ("source", "target", "refresh", "audit", "delivery",
-                                  "allow_insecure_http")
-#: Keys Prefect adds to a block's serialized data; they are not config fields.
-_PREFECT_KEYS = ("_block_document_id", "_block_document_name", "_is_anonymous")
 #: At most this many identities (flow run/task run pairs) are kept per process.
 _MAX_IDENTITIES = 64
 _CONFIG = "config"
 
 
-def _plain(value: Any) -> Any:
-    """A spec model as a mapping (secrets stay ``SecretStr``), anything else as is."""
-    return value.model_dump() if isinstance(value, BaseModel) else value
-
-
-class KeylessCredentials(CredentialsBlock):
+class KeylessCredentials(Clients, CredentialsBlock):
     """Short-lived, per-task cloud identity through OIDC workload identity federation:
     no long-lived key is stored, copied or logged.
 
@@ -171,70 +167,3 @@ class KeylessCredentials(CredentialsBlock):
                 "keyless: credentials for flow run %r, task run %r in process %s (%r)",
                 context.job_id, context.task_id or None, context.pid, identity)
         return identity
-
-    # ------------------------------------------------------------------ clients
-    def get_client(self, service: str = "s3", **client_kwargs: Any) -> Any:
-        """A boto3 client for the AWS ``service`` (``"s3"``, ``"sts"``, ...) on this task's
-        refreshed credentials; ``client_kwargs`` go to ``boto3.Session.client``. Other clouds:
-        :meth:`get_google_credentials`, :meth:`get_azure_credential`, :meth:`get_token`."""
-        session: Any = self.get_boto3_session()  # any service name, not the stubs' literals
-        return session.client(service, **client_kwargs)
-
-    def get_boto3_session(self) -> boto3.Session:
-        """A ``boto3.Session`` whose credentials refresh themselves (``target.aws``)."""
-        return self.identity().boto3_session()
-
-    def get_s3_client(self, **client_kwargs: Any) -> Any:
-        """An S3 client on this task's refreshed credentials (``get_client("s3", ...)``)."""
-        return self.get_client("s3", **client_kwargs)
-
-    def get_google_credentials(self) -> Any:
-        """``google.auth`` credentials for ``target.gcp`` (one refresh lock per process)."""
-        return self.identity().google_credentials()
-
-    def get_azure_credential(self, **credential_kwargs: Any) -> Any:
-        """An azure-core ``TokenCredential`` for ``target.azure``; ``credential_kwargs`` go to
-        azure-identity on first use (e.g. ``connection_verify``)."""
-        return self.identity().azure_credential(**credential_kwargs)
-
-    def get_token(self, audience: str | None = None) -> str:
-        """A fresh raw OIDC token (JWT) for ``audience`` (default: the first target's). Hand it
-        only to the party it is meant for; never log it."""
-        return self.identity().token(audience)
-
-    @contextmanager
-    def worker_env(self, token_dir: str | None = None, *, inherit: bool = True,
-                   credential_endpoint: bool = False) -> Iterator[dict[str, str]]:
-        """The environment for a subprocess started in the ``with`` body (``torchrun``, the
-        AWS CLI ...): this process's (``inherit=True``) less the variables that would win over
-        keyless (static keys, other secrets), plus token files kept fresh and the SDK
-        variables (paths and ids only, never a secret)::
-
-            with creds.worker_env() as env:
-                subprocess.run(["torchrun", "--nproc-per-node", "2", "train.py"], env=env)
-
-        A config whose AWS session name, policy or tags differ per rank gets a loopback
-        credential endpoint serving each process of the subprocess's tree its own identity
-        (every torchrun rank its own session); ``credential_endpoint=True`` asks for it for
-        any config.
-        """
-        from keyless.delivery.child import child_environment
-
-        with child_environment(self.identity(), token_dir=token_dir, inherit=inherit,
-                               credential_endpoint=credential_endpoint) as child:
-            yield child.env
-
-
-def _validate(values: Mapping[str, Any]) -> KeylessConfig:
-    """keyless's checks, plus the block's one limit (token_exchange one level deep)."""
-    config = load_config(values)
-    source = config.source
-    if source.type == "token_exchange":
-        for role in ("subject", "actor"):
-            nested = getattr(source, role)
-            if nested is not None and nested.type == "token_exchange":
-                raise ConfigError(
-                    f"config: source.{role}.type: a token_exchange inside a token_exchange is "
-                    "not offered by the Prefect block; fix: give the inner token's source "
-                    "directly, or use a keyless config file", field=f"source.{role}.type")
-    return config

@@ -11,10 +11,12 @@ chain stays available through a keyless config file (``keyless --config``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Union
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from keyless import ConfigError, KeylessConfig, load_config
 from keyless.config import (
     AmbientSource,
     AwsWebIdentityTokenSource,
@@ -29,7 +31,8 @@ from keyless.config import (
     TokenExchangeSource,
 )
 
-__all__ = ["TARGET_TITLES", "BlockSourceSpec", "BlockTokenExchangeSource", "LeafSourceSpec",
+__all__ = ["CONFIG_FIELDS", "TARGET_TITLES", "BlockSourceSpec", "BlockTokenExchangeSource",
+           "LeafSourceSpec",
            "label_targets"]
 
 #: Every source type except ``token_exchange`` (discriminated by ``type``).
@@ -85,3 +88,30 @@ def label_targets(schema: dict[str, Any]) -> dict[str, Any]:
         if name in properties:
             properties[name].setdefault("title", title)
     return schema
+
+
+#: The block fields that make up the keyless config (everything the block stores).
+CONFIG_FIELDS: tuple[str, ...] = ("source", "target", "refresh", "audit", "delivery",
+                                  "allow_insecure_http")
+#: Keys Prefect adds to a block's serialized data; they are not config fields.
+_PREFECT_KEYS = ("_block_document_id", "_block_document_name", "_is_anonymous")
+
+
+def _plain(value: Any) -> Any:
+    """A spec model as a mapping (secrets stay ``SecretStr``), anything else as is."""
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+def _validate(values: Mapping[str, Any]) -> KeylessConfig:
+    """keyless's checks, plus the block's one limit (token_exchange one level deep)."""
+    config = load_config(values)
+    source = config.source
+    if source.type == "token_exchange":
+        for role in ("subject", "actor"):
+            nested = getattr(source, role)
+            if nested is not None and nested.type == "token_exchange":
+                raise ConfigError(
+                    f"config: source.{role}.type: a token_exchange inside a token_exchange is "
+                    "not offered by the Prefect block; fix: give the inner token's source "
+                    "directly, or use a keyless config file", field=f"source.{role}.type")
+    return config
