@@ -133,3 +133,15 @@ def test_a_config_written_out_whole_keeps_its_audiences(tmp_path: Path) -> None:
         assert Keyless(config).target_audience("aws") == "https://sts.amazonaws.com"
     whole["target"]["aws"]["audience"] = "https://own.example"
     assert Keyless(whole).target_audience("aws") == "https://own.example"
+
+
+def test_the_factory_builds_every_source_of_the_registry() -> None:
+    from keyless.config import SOURCE_SPECS, FileSource, TokenExchangeSource
+    from keyless.sources import build_source
+
+    for spec_class in SOURCE_SPECS:
+        extra: dict[str, Any] = {}
+        if spec_class is TokenExchangeSource:
+            extra = {"subject": FileSource(path="/t"), "token_url": "https://sts.example"}
+        source = build_source(spec_class.model_construct(**extra))
+        assert source.name, spec_class

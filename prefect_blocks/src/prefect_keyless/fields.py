@@ -12,38 +12,28 @@ chain stays available through a keyless config file (``keyless --config``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from keyless import ConfigError, KeylessConfig, load_config
-from keyless.config import (
-    AmbientSource,
-    AwsWebIdentityTokenSource,
-    ClientCredentialsSource,
-    CommandSource,
-    EnvSource,
-    FileSource,
-    GcpMetadataSource,
-    GithubActionsSource,
-    GitlabSource,
-    SpiffeSource,
-    TokenExchangeSource,
-)
+from keyless.config import SOURCE_SPECS, TokenExchangeSource
 
-__all__ = ["CONFIG_FIELDS", "TARGET_TITLES", "BlockSourceSpec", "BlockTokenExchangeSource",
-           "LeafSourceSpec",
-           "label_targets"]
+__all__ = ["CONFIG_FIELDS", "LEAF_SPECS", "TARGET_TITLES", "BlockSourceSpec",
+           "BlockTokenExchangeSource", "LeafSourceSpec", "label_targets"]
 
-#: Every source type except ``token_exchange`` (discriminated by ``type``).
-LeafSourceSpec = Annotated[
-    Union[
-        FileSource, EnvSource, GithubActionsSource, GitlabSource, GcpMetadataSource,
-        ClientCredentialsSource, CommandSource, AmbientSource, SpiffeSource,
-        AwsWebIdentityTokenSource,
-    ],
-    Field(discriminator="type"),
-]
+#: keyless's source specs (its one list) less ``token_exchange``: what the block nests.
+LEAF_SPECS: tuple[type[Any], ...] = tuple(s for s in SOURCE_SPECS if s is not TokenExchangeSource)
+
+if TYPE_CHECKING:  # unions built from the list at run time; the checker sees them as Any
+    LeafSourceSpec = Any
+    ActorSpec = Any
+else:
+    #: Every source type except ``token_exchange`` (discriminated by ``type``).
+    LeafSourceSpec = Annotated[Union[LEAF_SPECS], Field(discriminator="type")]
+    # A flat Optional union, not ``LeafSourceSpec | None``: Prefect does not look inside an
+    # ``Annotated`` nested in a union, and would miss the actor's secret fields.
+    ActorSpec = Union[(*LEAF_SPECS, None)]
 
 
 class BlockTokenExchangeSource(TokenExchangeSource):
@@ -53,24 +43,16 @@ class BlockTokenExchangeSource(TokenExchangeSource):
     model_config = ConfigDict(title="TokenExchangeSource")
 
     subject: LeafSourceSpec
-    # A flat Optional union, not ``LeafSourceSpec | None``: Prefect does not look inside an
-    # ``Annotated`` nested in a union, and would miss the actor's secret fields.
-    actor: Union[
-        FileSource, EnvSource, GithubActionsSource, GitlabSource, GcpMetadataSource,
-        ClientCredentialsSource, CommandSource, AmbientSource, SpiffeSource,
-        AwsWebIdentityTokenSource, None,
-    ] = Field(default=None, discriminator="type")
+    actor: ActorSpec = Field(default=None, discriminator="type")
 
 
 #: The block's ``source`` field: every source type, ``token_exchange`` one level deep.
-BlockSourceSpec = Annotated[
-    Union[
-        FileSource, EnvSource, GithubActionsSource, GitlabSource, GcpMetadataSource,
-        ClientCredentialsSource, BlockTokenExchangeSource, CommandSource, AmbientSource,
-        SpiffeSource, AwsWebIdentityTokenSource,
-    ],
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    BlockSourceSpec = Any
+else:
+    BlockSourceSpec = Annotated[Union[tuple(
+        BlockTokenExchangeSource if spec is TokenExchangeSource else spec
+        for spec in SOURCE_SPECS)], Field(discriminator="type")]
 
 
 #: The label the block's form shows on each target of ``target`` (by field name).

@@ -19,6 +19,7 @@ from .model import (
     load_config,
 )
 from .sources import (
+    SOURCE_SPECS,
     SOURCE_TYPES,
     AmbientSource,
     AwsWebIdentityTokenSource,
@@ -43,7 +44,8 @@ from .targets import (
     TargetsSpec,
 )
 
-__all__ = ["SOURCE_TYPES", "AmbientSource", "AuditSpec", "AwsTarget", "AwsWebIdentityTokenSource",
+__all__ = ["SOURCE_SPECS", "SOURCE_TYPES", "AmbientSource", "AuditSpec", "AwsTarget",
+           "AwsWebIdentityTokenSource",
            "AzureTarget", "ClientCredentialsSource", "CommandSource", "DatabricksTarget",
            "DeliverySpec", "EnvSource", "FileSource", "GcpMetadataSource", "GcpTarget",
            "GithubActionsSource", "GitlabSource", "HuggingFaceTarget", "KeylessConfig",

@@ -9,9 +9,10 @@ from pydantic import Field, SecretStr, model_validator
 
 from .base import _FieldProblem, _Spec
 
-__all__ = ["AmbientSource", "AwsWebIdentityTokenSource", "ClientCredentialsSource",
-           "CommandSource", "EnvSource", "FileSource", "GcpMetadataSource", "GithubActionsSource",
-           "GitlabSource", "SOURCE_TYPES", "SourceSpec", "SpiffeSource", "TokenExchangeSource"]
+__all__ = ["SOURCE_SPECS", "SOURCE_TYPES", "AmbientSource", "AwsWebIdentityTokenSource",
+           "ClientCredentialsSource", "CommandSource", "EnvSource", "FileSource",
+           "GcpMetadataSource", "GithubActionsSource", "GitlabSource", "SourceSpec",
+           "SpiffeSource", "TokenExchangeSource"]
 
 
 # ----------------------------------------------------------------------------- sources
@@ -169,8 +170,10 @@ SourceSpec = Annotated[
 TokenExchangeSource.model_rebuild()
 
 
-#: Every source ``type``, in the union's order: the one list the schema, the factory and every
-#: "allowed types" message come from.
+#: Every source spec class, in the union's order: the one registry of sources. The schema,
+#: every "allowed types" message and the Prefect block's unions are derived from it; the
+#: factory has a builder for each (tests/core/test_registry.py checks it).
+SOURCE_SPECS: tuple[type[_Spec], ...] = get_args(get_args(SourceSpec)[0])
+#: Every source ``type``, in the same order.
 SOURCE_TYPES: tuple[str, ...] = tuple(
-    get_args(spec.model_fields["type"].annotation)[0]
-    for spec in get_args(get_args(SourceSpec)[0]))
+    get_args(spec.model_fields["type"].annotation)[0] for spec in SOURCE_SPECS)
