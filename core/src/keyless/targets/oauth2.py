@@ -274,15 +274,10 @@ def oauth2_exchange(identity: _Identity, http: Callable[[], httpx.Client]) -> To
     """The generic RFC 8693 exchange for ``target.oauth2``. The subject token is requested for
     the target's audience (``subject_audience``, else ``audience``, else ``token_url``)."""
     target = identity.config.target.oauth2
-    return TokenExchange(
-        name="oauth2", token_url=target.token_url,
-        subject_audience=identity.target_audience("oauth2"),
-        tokens=identity.subject_token, http=http, clock=identity.clock,
-        policy=identity.policy, audit=identity.audit,
-        source_name=identity.config.source.type, context=identity.context,
-        audience=target.audience, resource=target.resource, scope=target.scope,
-        subject_token_type=target.subject_token_type,
-        requested_token_type=target.requested_token_type)
+    return _exchange(identity, http, "oauth2", audience=target.audience,
+                     resource=target.resource, scope=target.scope,
+                     subject_token_type=target.subject_token_type,
+                     requested_token_type=target.requested_token_type)
 
 
 def huggingface_exchange(identity: _Identity,
@@ -290,13 +285,18 @@ def huggingface_exchange(identity: _Identity,
     """The Hugging Face exchange for ``target.huggingface`` (JSON body, id_token subject type;
     subject aud: ``audience``, else the origin of ``token_url``)."""
     target = identity.config.target.huggingface
+    return _exchange(identity, http, "huggingface", resource=target.resource,
+                     subject_token_type=ID_TOKEN_TYPE, body="json")
+
+
+def _exchange(identity: _Identity, http: Callable[[], httpx.Client], name: str,
+              **request: Any) -> TokenExchange:
+    """``target.<name>``'s exchange on ``identity``'s tokens, clock, policy and audit."""
     return TokenExchange(
-        name="huggingface", token_url=target.token_url,
-        subject_audience=identity.target_audience("huggingface"),
-        tokens=identity.subject_token, http=http, clock=identity.clock,
-        policy=identity.policy, audit=identity.audit,
-        source_name=identity.config.source.type, context=identity.context,
-        resource=target.resource, subject_token_type=ID_TOKEN_TYPE, body="json")
+        name=name, token_url=getattr(identity.config.target, name).token_url,
+        subject_audience=identity.target_audience(name), tokens=identity.subject_token,
+        http=http, clock=identity.clock, policy=identity.policy, audit=identity.audit,
+        source_name=identity.config.source.type, context=identity.context, **request)
 
 
 # ----------------------------------------------------------------------------- delivery
