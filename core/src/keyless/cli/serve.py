@@ -28,11 +28,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", required=True, metavar="FILE")
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address (default: "
                                                             "127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--port", type=_port, default=0, help="0 to 65535 (default 0: a free "
+                                                               "port)")
     parser.add_argument("--token-dir", default=None, metavar="DIR",
                         help="a private directory for the authorization token file "
                              "(default: a new temp dir)")
     parser.set_defaults(handler=_cmd_serve)
+
+
+def _port(text: str) -> int:
+    """A TCP port number (argparse turns the error into a usage line and exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

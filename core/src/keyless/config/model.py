@@ -212,19 +212,59 @@ def _looks_like_path(text: str) -> bool:
         return False
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: object) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A JSON object or YAML mapping that names no key twice (the last would win unseen)."""
+    found: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+def _yaml_loader() -> Any:
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            self.flatten_mapping(node)
+            return _unique_pairs([(self.construct_object(k, deep=deep),
+                                   self.construct_object(v, deep=deep))
+                                  for k, v in node.value])
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                    UniqueKeyLoader.construct_mapping)
+    return UniqueKeyLoader
+
+
 def _parse_document(text: str) -> Any:
     import yaml
 
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):  # ValueError: also ints over the digit limit
-        pass
-    try:
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config: not valid YAML or JSON{where}; fix the document's syntax") \
+        try:
+            return json.loads(text, object_pairs_hook=_unique_pairs)
+        except _DuplicateKey:
+            raise
+        except (ValueError, RecursionError):  # ValueError: also ints over the digit limit
+            pass
+        try:
+            return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:
+            if isinstance(exc, _DuplicateKey):
+                raise
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config: not valid YAML or JSON{where}; fix the document's "
+                              "syntax") from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config: the key {str(exc.key)!r} is given twice in one mapping "
+                          "(the last would silently win); fix: keep one", field=str(exc.key)) \
             from None
 
 

@@ -3,6 +3,7 @@ needs (``token_audience``); :class:`TargetsSpec` holds one or more."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -17,13 +18,37 @@ __all__ = ["AwsTarget", "AzureTarget", "DatabricksTarget", "GcpTarget", "Hugging
 
 # ----------------------------------------------------------------------------- targets
 
-_ROLE_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-_POLICY_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}$")
+_ROLE_ARN = re.compile(r"arn:aws[a-zA-Z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_POLICY_ARN = re.compile(r"arn:aws[a-zA-Z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}")
+#: AWS's limit on an inline session policy (plain text, whitespace removed; AWS also packs it
+#: with the policy ARNs and tags, and refuses past 100 % of its packed size).
+SESSION_POLICY_MAX = 2048
 
 
 def _default(spec: type[_Spec], field: str) -> Any:
     """A spec field's default value."""
     return spec.model_fields[field].default
+
+
+def _check_session_policy(policy: str | dict[str, Any]) -> None:
+    """A session policy is a JSON object within AWS's size limit (before templates are
+    filled: a rank or a job id adds a few characters, which STS then judges)."""
+    if isinstance(policy, str):
+        try:
+            document = json.loads(policy)
+        except ValueError:
+            raise _FieldProblem("session_policy", "not JSON; fix: give the policy document "
+                                "as a JSON object (or as a mapping in YAML)") from None
+        if not isinstance(document, dict):
+            raise _FieldProblem("session_policy", "not a JSON object; fix: give a policy "
+                                "document ({\"Version\": ..., \"Statement\": [...]})")
+    else:
+        document = policy
+    size = len(json.dumps(document, separators=(",", ":")))
+    if size > SESSION_POLICY_MAX:
+        raise _FieldProblem("session_policy", f"{size} characters, over AWS's limit of "
+                            f"{SESSION_POLICY_MAX} for an inline session policy; fix: move "
+                            "statements into a managed policy (policy_arns) or narrow it")
 
 
 class AwsTarget(_Spec):
@@ -62,7 +87,7 @@ class AwsTarget(_Spec):
     @field_validator("role_arn")
     @classmethod
     def _check_role_arn(cls, value: str) -> str:
-        if not _ROLE_ARN.match(value):
+        if not _ROLE_ARN.fullmatch(value):  # fullmatch: "$" would let a trailing newline in
             raise ValueError("must look like arn:aws:iam::123456789012:role/NAME")
         return value
 
@@ -70,7 +95,7 @@ class AwsTarget(_Spec):
     @classmethod
     def _check_policy_arns(cls, value: list[str]) -> list[str]:
         for index, arn in enumerate(value):
-            if not _POLICY_ARN.match(arn):
+            if not _POLICY_ARN.fullmatch(arn):
                 raise _FieldProblem(str(index), "must look like arn:aws:iam::aws:policy/NAME")
         return value
 
@@ -78,6 +103,7 @@ class AwsTarget(_Spec):
     def _check_templates(self) -> AwsTarget:
         _check_template_at(self.session_name, "session_name")
         if self.session_policy is not None:  # templates in JSON string values (context.py)
+            _check_session_policy(self.session_policy)
             _check_template_at(self.session_policy, "session_policy", json_document=True)
         for key, value in self.tags.items():
             _check_template_at(value, f"tags.{key}")

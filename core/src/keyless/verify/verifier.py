@@ -26,9 +26,8 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
-import math
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +39,7 @@ from ..clock import Clock, SystemClock
 from ..errors import ConfigError, KeylessError, SourceMisconfigured, TokenRejected
 from ..http import json_object, raise_for_status, safe_url, send
 from ..sources.base import default_http_client
+from .claims import check_audience, check_issuer, check_required, check_times
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
@@ -55,6 +55,8 @@ __all__ = [
     "unverified_parts",
 ]
 
+#: The most clock skew a Verifier tolerates (its ``leeway_seconds``).
+MAX_LEEWAY_SECONDS = 600.0
 #: Asymmetric algorithms accepted by default. HMAC (``HS*``) and ``none`` are never accepted.
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                                        "ES256", "ES384", "ES512", "EdDSA")
@@ -267,67 +269,6 @@ class JwksCache:
         return next(iter(self._keys.values())) if len(self._keys) == 1 else None
 
 
-def check_issuer(claims: Mapping[str, Any], expected: str, component: str = "verify") -> None:
-    """Raise TokenRejected(claim="iss") unless ``iss`` equals ``expected`` exactly."""
-    iss = claims.get("iss")
-    if iss != expected:
-        raise TokenRejected(f"{component}: iss={iss!r} is not the expected issuer {expected!r}; "
-                            "fix: use a token from that issuer, or trust this one", claim="iss")
-
-
-def check_audience(claims: Mapping[str, Any], audiences: Iterable[str],
-                   component: str = "verify") -> None:
-    """Raise TokenRejected(claim="aud") unless one of the token's ``aud`` is in ``audiences``."""
-    wanted = list(audiences)
-    aud = claims.get("aud")
-    have = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] \
-        if isinstance(aud, list) else []
-    if not set(have) & set(wanted):
-        raise TokenRejected(f"{component}: aud={have!r} does not match the expected audience "
-                            f"{wanted!r}; fix: request the token for that audience (source "
-                            "`audience`) or change the expected audience", claim="aud")
-
-
-def _number(claims: Mapping[str, Any], name: str, component: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(float(value)):
-        raise TokenRejected(f"{component}: {name}={value!r} is not a number of epoch seconds; "
-                            "fix: the issuer must send NumericDate claims", claim=name)
-    return float(value)
-
-
-def check_required(claims: Mapping[str, Any], required: Iterable[str],
-                   component: str = "verify") -> None:
-    """Raise TokenRejected naming the first required claim that is missing."""
-    for name in required:
-        if claims.get(name) in (None, ""):
-            raise TokenRejected(f"{component}: the token has no {name!r} claim, which is "
-                                "required; fix: configure the issuer to include it", claim=name)
-
-
-def check_times(claims: Mapping[str, Any], now: float, leeway: float,
-                component: str = "verify") -> None:
-    """``exp``/``nbf``/``iat`` against ``now`` with ``leeway`` seconds either way."""
-    exp = _number(claims, "exp", component)
-    if exp is not None and now > exp + leeway:
-        raise TokenRejected(f"{component}: the token expired {now - exp:.0f} s ago (exp="
-                            f"{exp:.0f}, leeway {leeway:.0f} s); fix: fetch a fresh token (or "
-                            "check this host's clock)", claim="exp")
-    nbf = _number(claims, "nbf", component)
-    if nbf is not None and now + leeway < nbf:
-        raise TokenRejected(f"{component}: the token is not valid for another {nbf - now:.0f} "
-                            f"s (nbf={nbf:.0f}, leeway {leeway:.0f} s); fix: check the clocks "
-                            "of this host and the issuer (clock skew)", claim="nbf")
-    iat = _number(claims, "iat", component)
-    if iat is not None and iat > now + leeway:
-        raise TokenRejected(f"{component}: the token was issued {iat - now:.0f} s in the future "
-                            f"(iat={iat:.0f}, leeway {leeway:.0f} s): clock skew between this "
-                            "host and the issuer; fix: sync the clocks (NTP)", claim="iat")
-
-
 class Verifier:
     """Verifies JWTs from one issuer for a set of audiences.
 
@@ -348,13 +289,16 @@ class Verifier:
         if not self.audiences:
             raise ConfigError("verify: no audience given; fix: pass the audience(s) this "
                               "service accepts", "audiences")
-        bad = [a for a in algorithms if a.lower() == "none" or a.upper().startswith("HS")
-               or a[:2] not in _KTY_FOR_ALG]
+        bad = [a for a in algorithms if a not in DEFAULT_ALGORITHMS]  # none, HS*, nonsense
         if bad or not algorithms:
             raise ConfigError(f"verify: algorithms {bad or list(algorithms)!r} not allowed; fix: "
                               f"use asymmetric ones from {list(DEFAULT_ALGORITHMS)}", "algorithms")
         self.algorithms = tuple(algorithms)
         self.required_claims = tuple(required_claims)
+        if not 0.0 <= leeway_seconds <= MAX_LEEWAY_SECONDS:  # NaN fails too
+            raise ConfigError(f"verify: leeway_seconds={leeway_seconds!r} is out of range; fix: "
+                              f"give 0 to {MAX_LEEWAY_SECONDS:.0f} seconds (clock skew between "
+                              "issuer and this host, not token lifetime)", "leeway_seconds")
         self.leeway_seconds = leeway_seconds
         self.clock: Clock = clock or SystemClock()
         self.jwks = jwks or JwksCache(issuer, http=http, clock=self.clock,
