@@ -1,6 +1,7 @@
 """Verify: is a JWT what it claims to be. :mod:`.claims` (iss, aud, required, times) ->
-:mod:`.verifier` (discovery, JWKS with a kid-miss cooldown, the :class:`Verifier`) -> :mod:`.asgi` (ingress middleware) and
-:mod:`.doctor` (``keyless doctor``'s checks and :func:`~.doctor.diagnose`)."""
+:mod:`.verifier` (discovery, JWKS with a kid-miss cooldown, the :class:`Verifier`) ->
+:mod:`.asgi` (ingress middleware) and :mod:`.doctor` (``keyless doctor``'s checks and
+:func:`~.doctor.diagnose`)."""
 
 from .verifier import (
     DEFAULT_ALGORITHMS,
