@@ -29,7 +29,6 @@ import json
 import re
 import secrets
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ from ..clock import Clock, SystemClock
 from ..delivery.loopback import LoopbackHttpServer, LoopbackService, QuietHandler
 from ..http import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 from ..secret import fingerprint
+from .jwks import issuer_jwks_client
 
 __all__ = ["GcpSts", "IssuedToken", "gcp_sts_factory"]
 
@@ -261,16 +261,7 @@ class GcpSts(LoopbackService):
         with self._lock:
             client = self._jwks
         if client is None:
-            host = urlsplit(self.trusted_issuer).hostname
-            if host not in ("127.0.0.1", "localhost", "::1"):
-                raise jwt.PyJWKClientConnectionError("only loopback issuers")
-            url = self.trusted_issuer.rstrip("/") + "/.well-known/openid-configuration"
-            try:
-                with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 (loopback)
-                    jwks_uri = str(json.load(reply)["jwks_uri"])
-            except (OSError, ValueError, KeyError):
-                raise jwt.PyJWKClientConnectionError("discovery failed") from None
-            client = jwt.PyJWKClient(jwks_uri, cache_keys=False, lifespan=300, timeout=10)
+            client = issuer_jwks_client(self.trusted_issuer)
             with self._lock:
                 self._jwks = client
         return client

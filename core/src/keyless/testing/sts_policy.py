@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-import urllib.request
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
+
+from .jwks import issuer_jwks_client
 
 __all__ = ["StsError", "TokenVerifier", "session_role_policy", "trust_allows"]
 
@@ -30,7 +30,6 @@ _NO_KEY = ("Couldn't retrieve verification key from your identity provider,  ple
 _UNREACHABLE = ("The request could not be fulfilled because the identity provider (IDP) that "
                 "was asked to verify the incoming identity token could not be reached.")
 _ALGORITHMS = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"}
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class StsError(Exception):
@@ -106,22 +105,13 @@ class TokenVerifier:
         return claims, provider_arn, audience
 
     def _signing_key(self, iss: str, token: str) -> Any:
-        parts = urlsplit(iss)
-        if parts.scheme not in ("http", "https") or parts.hostname not in _LOOPBACK:
-            raise StsError(400, "IDPCommunicationError", _UNREACHABLE)
         with self._lock:
             client = self._jwks.get(iss)
         if client is None:
             try:
-                url = iss.rstrip("/") + "/.well-known/openid-configuration"
-                with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - checked above
-                    jwks_uri = json.load(r).get("jwks_uri")
-            except (OSError, ValueError):
+                client = issuer_jwks_client(iss)
+            except jwt.PyJWKClientConnectionError:
                 raise StsError(400, "IDPCommunicationError", _UNREACHABLE) from None
-            if not isinstance(jwks_uri, str):
-                raise _invalid(_NO_KEY)
-            client = jwt.PyJWKClient(jwks_uri, cache_keys=False, lifespan=300, timeout=10,
-                                     cooldown_duration=0)  # refetch on any unknown kid
             with self._lock:
                 self._jwks[iss] = client
         try:
