@@ -32,6 +32,7 @@ __all__ = [
     "ID_TOKEN_TYPE",
     "JWT_TOKEN_TYPE",
     "TOKEN_EXCHANGE_GRANT",
+    "token_exchange_fields",
     "OAUTH_FIXES",
     "LazyClient",
     "is_jwt",
@@ -49,6 +50,25 @@ TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+
+def token_exchange_fields(subject_token_type: str, *, subject_token: str | None = None,
+                          actor_token: str | None = None, actor_token_type: str | None = None,
+                          audience: str | None = None, resource: str | None = None,
+                          scope: str | None = None, requested_token_type: str | None = None,
+                          ) -> dict[str, str]:
+    """An RFC 8693 token-exchange request's parameters (those given, in the RFC's names): the
+    one request builder of the exchange source and the RFC 8693 targets."""
+    fields = {"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token_type": subject_token_type}
+    for key, value in (("subject_token", subject_token), ("actor_token", actor_token),
+                       ("actor_token_type", actor_token_type if actor_token else None),
+                       ("audience", audience), ("resource", resource), ("scope", scope),
+                       ("requested_token_type", requested_token_type)):
+        if value:
+            fields[key] = value
+    return fields
+
 
 # A JWT-ish or long opaque run of token characters: never echoed.
 _TOKENISH = re.compile(

@@ -20,7 +20,14 @@ from __future__ import annotations
 
 from ..config import TokenExchangeSource
 from ..errors import SourceMisconfigured, SourceUnavailable
-from ..http import TOKEN_EXCHANGE_GRANT, is_jwt, oauth_json, safe_url, send
+from ..http import (
+    TOKEN_EXCHANGE_GRANT,
+    is_jwt,
+    oauth_json,
+    safe_url,
+    send,
+    token_exchange_fields,
+)
 from ..tokens import SubjectToken
 from .base import HttpClientFactory, Source, default_http_client
 from .client_credentials import basic_auth_header
@@ -51,25 +58,14 @@ class TokenExchangeTokenSource:
     def fetch(self, audience: str | None) -> SubjectToken | None:
         spec = self.spec
         subject = self._nested(self.subject_source, "subject")
-        form: dict[str, str] = {
-            "grant_type": TOKEN_EXCHANGE_GRANT,
-            "subject_token": subject.token.reveal(),
-            "subject_token_type": spec.subject_token_type,
-            "requested_token_type": spec.requested_token_type,
-        }
-        sent_secrets = [subject.token.reveal()]
-        if self.actor_source is not None:
-            actor = self._nested(self.actor_source, "actor")
-            form["actor_token"] = actor.token.reveal()
-            form["actor_token_type"] = spec.actor_token_type
-            sent_secrets.append(actor.token.reveal())
+        actor = None if self.actor_source is None else self._nested(self.actor_source, "actor")
         wanted = audience or spec.audience
-        if wanted:
-            form["audience"] = wanted
-        if spec.resource:
-            form["resource"] = spec.resource
-        if spec.scope:
-            form["scope"] = spec.scope
+        form = token_exchange_fields(
+            spec.subject_token_type, subject_token=subject.token.reveal(),
+            actor_token=actor.token.reveal() if actor else None,
+            actor_token_type=spec.actor_token_type, audience=wanted, resource=spec.resource,
+            scope=spec.scope, requested_token_type=spec.requested_token_type)
+        sent_secrets = [token.token.reveal() for token in (subject, actor) if token]
         headers = {"Accept": "application/json"}
         if spec.client_id and spec.client_secret is not None:
             secret = spec.client_secret.get_secret_value()

@@ -48,6 +48,7 @@ from ..http import (
     safe_url,
     scrub,
     send,
+    token_exchange_fields,
 )
 from ..refresher import Fetched, Refresher, RefreshPolicy
 from ..secret import Secret
@@ -157,13 +158,9 @@ class TokenExchange:
 
     def request_fields(self) -> dict[str, str]:
         """The request's fields other than the subject token (for doctor and tests)."""
-        fields = {"grant_type": GRANT_TYPE, "subject_token_type": self.subject_token_type}
-        for key, value in (("audience", self.audience), ("resource", self.resource),
-                           ("scope", self.scope),
-                           ("requested_token_type", self.requested_token_type)):
-            if value:
-                fields[key] = value
-        return fields
+        return token_exchange_fields(
+            self.subject_token_type, audience=self.audience, resource=self.resource,
+            scope=self.scope, requested_token_type=self.requested_token_type)
 
     def __repr__(self) -> str:
         return f"TokenExchange(name={self.name!r}, token_url={safe_url(self.token_url)!r})"
