@@ -198,3 +198,11 @@ def test_unresolved_rank_fields_name_the_config_field() -> None:
         [("target.aws.session_policy", "local_rank")]
     assert unresolved_rank_fields(templates, WorkerContext(local_rank="0")) == []
     assert fields_used({"a": ["{rank}", "x-{node}"]}) == {"rank", "node"}
+
+
+def test_torchrun_rank_wins_over_a_keyless_rank_the_process_inherited() -> None:
+    launcher = WorkerContext.from_environment({"KEYLESS_RANK": "0"})
+    assert launcher.rank == "0"  # in its own process the override wins
+    rank = launcher.for_process({"KEYLESS_RANK": "0", "RANK": "3", "LOCAL_RANK": "1"})
+    assert (rank.rank, rank.local_rank) == ("3", "1")
+    assert launcher.for_process({"KEYLESS_RANK": "5"}).rank == "5"  # no torchrun variable

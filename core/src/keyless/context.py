@@ -86,9 +86,10 @@ class WorkerContext:
         that process's own environment: its rank, local rank and node (``GROUP_RANK``); the
         run id is this context's (the host's run) or else the process's
         (``TORCHELASTIC_RUN_ID``). Job, task, host and pid stay this context's (the pid is the
-        launch's, so a restarted rank, or a CLI its rank runs, keeps the rank's session). A
-        rank field the process does not have is empty, never this (the launcher's) value."""
-        values = _process_values(environ)
+        launch's, so a restarted rank, or a CLI its rank runs, keeps the rank's session).
+        torchrun's own per-rank variables win over a ``KEYLESS_RANK`` inherited from the
+        launcher. A rank field the process does not have is empty, never the launcher's."""
+        values = _process_values(environ, launcher_first=True)
         return dataclasses.replace(
             self, rank=values["rank"], local_rank=values["local_rank"],
             node=values["node"] or self.node, run_id=self.run_id or values["run_id"])
@@ -102,14 +103,24 @@ class WorkerContext:
         return dataclasses.asdict(self)
 
 
-def _process_values(env: Mapping[str, str]) -> dict[str, str]:
-    """rank, local_rank, node and run_id as a process's environment gives them."""
-    return {
-        "rank": env.get("KEYLESS_RANK", env.get("RANK", "")),
-        "local_rank": env.get("KEYLESS_LOCAL_RANK", env.get("LOCAL_RANK", "")),
-        "node": env.get("KEYLESS_NODE", env.get("GROUP_RANK", "")),
-        "run_id": env.get("KEYLESS_RUN_ID", env.get("TORCHELASTIC_RUN_ID", "")),
-    }
+#: Per field: keyless's override variable and the variable torchrun sets for each rank.
+_PROCESS_VARIABLES = {"rank": ("KEYLESS_RANK", "RANK"),
+                      "local_rank": ("KEYLESS_LOCAL_RANK", "LOCAL_RANK"),
+                      "node": ("KEYLESS_NODE", "GROUP_RANK"),
+                      "run_id": ("KEYLESS_RUN_ID", "TORCHELASTIC_RUN_ID")}
+
+
+def _process_values(env: Mapping[str, str], *, launcher_first: bool = False,
+                    ) -> dict[str, str]:
+    """rank, local_rank, node and run_id as a process's environment gives them: the
+    ``KEYLESS_*`` override, else torchrun's variable; with ``launcher_first`` (another process
+    of a launch) torchrun's, which it sets per rank, over a ``KEYLESS_*`` the process may have
+    inherited from the launcher."""
+    values = {}
+    for name, (override, launcher) in _PROCESS_VARIABLES.items():
+        first, second = (launcher, override) if launcher_first else (override, launcher)
+        values[name] = env.get(first, env.get(second, ""))
+    return values
 
 
 def check_template(template: str, field: str) -> None:
