@@ -173,3 +173,43 @@ def test_a_missing_config_file_is_named(tmp_path: Path,
     assert main(["-q", "token", "--config", str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "cannot read" in err
+
+
+def test_exec_removes_what_it_wrote_in_a_given_token_dir(spec: tuple[Path, str],
+                                                         tmp_path: Path) -> None:
+    token_dir = tmp_path / "tokens"
+    token_dir.mkdir(mode=0o700)
+    (token_dir / "mine.txt").write_text("not keyless's")
+    child = "import os, json; print(json.dumps(sorted(os.listdir(os.environ['DIR']))))"
+    result = subprocess.run([sys.executable, "-m", "keyless", "-q", "exec", "--config",
+                             str(spec[0]), "--token-dir", str(token_dir), "--", sys.executable,
+                             "-c", child], capture_output=True, text=True,
+                            env={**os.environ, "DIR": str(token_dir)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 2  # the token file was there while it ran
+    assert sorted(p.name for p in token_dir.iterdir()) == ["mine.txt"]  # and is gone after
+
+
+def test_the_endpoint_passes_the_sts_endpoint_on_like_web_identity(spec: tuple[Path, str]
+                                                                   ) -> None:
+    """Web identity delivery (a plain config) and the endpoint (a per-rank one: no exchange
+    happens before the child asks) give the child the same STS endpoint."""
+    config = spec[0].with_name("sts.yaml")
+    config.write_text(spec[0].read_text() + "    sts_endpoint_url: https://sts.example.test\n")
+    child = "import json, os; print(json.dumps(dict(os.environ)))"
+    for path, endpoint in ((config, False), (rank_spec(config), True)):
+        result = subprocess.run([sys.executable, "-m", "keyless", "-q", "exec", "--config",
+                                 str(path), "--", sys.executable, "-c", child],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        env = json.loads(result.stdout)
+        assert ("AWS_CONTAINER_CREDENTIALS_FULL_URI" in env) is endpoint
+        assert env["AWS_ENDPOINT_URL_STS"] == "https://sts.example.test"
+
+
+def test_env_says_where_it_wrote_and_how_to_remove_it(spec: tuple[Path, str], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    token_dir = tmp_path / "once"
+    assert main(["-q", "env", "--config", str(spec[0]), "--token-dir", str(token_dir)]) == 0
+    err = capsys.readouterr().err
+    assert str(token_dir) in err and "rm -r" in err

@@ -97,6 +97,9 @@ def _cmd_env(args: argparse.Namespace) -> int:
     keeper = TokenFileKeeper(identity, directory)
     keeper.write_all()
     env = sdk_environment(identity, keeper.files)
+    print(f"keyless env: token files written once to {directory.path} (not refreshed: they "
+          f"expire with their tokens); remove them when done: rm -r {directory.path}",
+          file=sys.stderr)
     if args.format == "json":
         print(json.dumps(env, indent=2, sort_keys=True))
     else:

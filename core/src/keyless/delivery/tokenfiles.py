@@ -56,7 +56,10 @@ class TokenDirectory:
     """A private (0700) directory holding one token file per audience.
 
     ``path=None`` makes a fresh temporary directory, removed by :meth:`cleanup`. A given path
-    is created 0700 if missing and refused if it is readable or writable by others.
+    is created 0700 if missing and refused if it is readable or writable by others; there
+    :meth:`cleanup` removes what keyless wrote (every entry new or replaced since this object
+    was made: token files, the GCP external_account file, the endpoint's token) and keeps the
+    rest and the directory.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -73,6 +76,14 @@ class TokenDirectory:
                     f"delivery: token_dir {str(self.path)!r} has mode {mode:o}; fix: chmod 700 "
                     "it or choose a private directory", field="delivery.token_dir")
         os.chmod(self.path, 0o700)
+        self._before = self._entries()
+
+    def _entries(self) -> dict[str, int]:
+        """Name -> inode of each entry now (a file replaced by rename gets a new inode)."""
+        try:
+            return {entry.name: entry.inode() for entry in os.scandir(self.path)}
+        except OSError:
+            return {}
 
     def file_for(self, audience: str) -> Path:
         """The file name for an audience: readable slug plus a hash (distinct audiences never
@@ -86,9 +97,14 @@ class TokenDirectory:
         return write_private_file(self.file_for(audience), token)
 
     def cleanup(self) -> None:
-        """Remove the directory if keyless made it."""
+        """Remove the directory if keyless made it, else what keyless wrote in it."""
         if self._owned:
             shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name, inode in self._entries().items():
+            if self._before.get(name) != inode:
+                with contextlib.suppress(OSError):
+                    (self.path / name).unlink()
 
 
 def narrowing_fields(identity: Keyless) -> dict[str, str]:
@@ -175,11 +191,15 @@ ENDPOINT_SHADOWED_VARIABLES = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
 
 def endpoint_environment(identity: Keyless, endpoint_env: dict[str, str]) -> dict[str, str]:
     """The variables for a child using the loopback credential endpoint: the endpoint's own
-    (URL and token-file path, from ``CredentialServer.env()``) plus the region."""
-    from ..targets.aws import resolve_region
+    (URL and token-file path, from ``CredentialServer.env()``), the region and the STS
+    endpoint when one is configured (as web identity delivery passes them)."""
+    from ..targets.aws import resolve_region, resolve_sts_endpoint
 
     env = dict(endpoint_env)
     if identity.config.target.aws is not None:
+        sts = resolve_sts_endpoint(identity.config.target.aws, identity.environ)
+        if sts:  # as web identity delivery passes it: the child's own STS calls go there too
+            env["AWS_ENDPOINT_URL_STS"] = sts
         region = resolve_region(identity.config.target.aws, identity.environ)
         env["AWS_REGION"] = region
         env["AWS_DEFAULT_REGION"] = region
