@@ -315,19 +315,22 @@ def test_long_dag_and_task_ids_keep_eight_ranks_apart(
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(federation.config(
         session_name="keyless-{job_id}-{task_id}-{run_id}-r{rank}")))
-    caller = ("import boto3, json, os; print(json.dumps([os.environ['RANK'], "
-              "boto3.client('sts').get_caller_identity()['Arn']]))")
+    out = tmp_path / "arns"
+    out.mkdir()
+    # each process writes its own file: eight writers on one stdout may interleave
+    caller = ("import boto3, json, os; open(os.path.join(os.environ['OUT'], os.environ['RANK']),"
+              " 'w').write(json.dumps(boto3.client('sts').get_caller_identity()['Arn']))")
     script = " & ".join(f"RANK={rank} {sys.executable} -c \"{caller}\"" for rank in range(8))
     env = {**_environment(federation, tmp_path),
            "KEYLESS_JOB_ID": "nightly_training_pipeline_v2",
            "KEYLESS_TASK_ID": "train_resnet50_distributed",
-           "KEYLESS_RUN_ID": "scheduled__2026-12-05T00:00:00+00:00"}
+           "KEYLESS_RUN_ID": "scheduled__2026-12-05T00:00:00+00:00", "OUT": str(out)}
     result = subprocess.run([sys.executable, "-m", "keyless", "exec", "--config", str(spec),
                              "--", "bash", "-c", script + " & wait"],
                             capture_output=True, text=True, env=env, timeout=300)
     leak_guard.add(result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]
-    arns = dict(json.loads(line) for line in result.stdout.splitlines())
+    arns = {path.name: json.loads(path.read_text()) for path in out.iterdir()}
     names = {rank: arn.rsplit("/", 1)[1] for rank, arn in arns.items()}
     assert len(names) == 8 and len(set(names.values())) == 8
     for rank, name in names.items():
