@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -273,7 +274,7 @@ def test_torchrun_ranks_read_through_google_auth_default(
         capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
     leak_guard.add(result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr[-3000:]
-    answers = sorted((json.loads(line) for line in result.stdout.splitlines()
-                      if line.startswith("{")), key=lambda a: a["rank"])
+    answers = sorted((json.loads(found) for found in re.findall(r"\{[^{}]*\}", result.stdout)),
+                     key=lambda a: a["rank"])  # the ranks share one stdout: find, not split
     assert answers == [{"rank": "0", "status": 200}, {"rank": "1", "status": 200}]
     assert all(a["aud"] == AUDIENCE for a in sts.accepted)
