@@ -139,10 +139,6 @@ class Keyless:
         return self.target_audience(next(iter(targets))) if targets else \
             self.config.source.audience
 
-    def aws_audience(self) -> str:
-        """The audience of the subject tokens exchanged at AWS STS."""
-        return self.target_audience("aws")
-
     def resolve_audience(self, audience: str | None = None) -> str:
         """The audience a token is really requested for: the one asked for, else
         :meth:`default_audience` ("" when none)."""
@@ -216,7 +212,8 @@ class Keyless:
         target = self._target("aws")
 
         def build(worker: WorkerContext) -> AwsExchange:
-            return AwsExchange(target, tokens=self.subject_token, audience=self.aws_audience(),
+            return AwsExchange(target, tokens=self.subject_token,
+                               audience=self.target_audience("aws"),
                                source_name=self.config.source.type, context=worker,
                                policy=self.policy, audit=self.audit, environ=self.environ,
                                rng=self._random())

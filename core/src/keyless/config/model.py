@@ -140,10 +140,10 @@ def _locate(error: Mapping[str, Any]) -> tuple[str, str]:
         msg = "unknown field; remove it or check its spelling against `keyless schema`"
     elif error.get("type") == "union_tag_invalid":
         parts.append("type")
-        msg = "unknown source type; allowed: " + ", ".join(_SOURCE_TYPES)
+        msg = "unknown source type; allowed: " + ", ".join(SOURCE_TYPES)
     elif error.get("type") == "union_tag_not_found":
         parts.append("type")
-        msg = "missing; fix: give `type`, one of " + ", ".join(_SOURCE_TYPES)
+        msg = "missing; fix: give `type`, one of " + ", ".join(SOURCE_TYPES)
     elif error.get("type") == "missing":
         msg = "missing; fix: add it (`keyless schema` describes every field)"
     elif error.get("type") != "value_error" and "fix" not in msg:  # pydantic's own words
@@ -157,10 +157,9 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 
 def _is_union_tag(part: object) -> bool:
-    return isinstance(part, str) and (part in _SOURCE_TYPES or part.startswith("function-"))
+    return isinstance(part, str) and (part in SOURCE_TYPES or part.startswith("function-"))
 
 
-_SOURCE_TYPES = SOURCE_TYPES
 
 
 

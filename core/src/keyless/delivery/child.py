@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..context import fields_used
 from ..identity import Keyless
@@ -71,7 +71,6 @@ class ChildEnvironment:
 
     env: dict[str, str]
     launch: Launch | None = None
-    dropped: tuple[str, ...] = field(default=())
 
     def started(self, pid: int) -> None:
         """Tell the endpoint the pid of the command started with ``env``: only it and its
@@ -119,7 +118,7 @@ def child_environment(identity: Keyless, *, token_dir: str | None = None,
             if endpoint_field is None:  # one identity for all: a broken role fails here
                 server.credentials_document()
             else:  # per process: the source at least must work before a child starts
-                identity.subject_token(identity.aws_audience())
+                identity.subject_token(identity.target_audience("aws"))
             added.update(endpoint_environment(identity, server.env()))
             added.update(launch.environment())
         dropped = shadowing_variables(identity) + (ENDPOINT_SHADOWED_VARIABLES
@@ -127,7 +126,7 @@ def child_environment(identity: Keyless, *, token_dir: str | None = None,
         parent = (os.environ if environ is None else environ) if inherit else {}
         env = {key: value for key, value in parent.items() if key not in dropped}
         env.update(added)
-        yield ChildEnvironment(env=env, launch=launch, dropped=dropped)
+        yield ChildEnvironment(env=env, launch=launch)
     finally:
         if server is not None:
             server.stop()

@@ -22,7 +22,7 @@ from ..errors import KeylessError
 if TYPE_CHECKING:
     from ..identity import Keyless
 
-__all__ = ["TARGETS", "TargetKind", "configured_kinds", "kind"]
+__all__ = ["STATIC_AWS_VARIABLES", "TARGETS", "TargetKind", "configured_kinds"]
 
 
 def _aws_environment(identity: Keyless, _spec: Any, token_file: Path) -> dict[str, str]:
@@ -156,14 +156,6 @@ TARGETS: tuple[TargetKind, ...] = (
                dry_run=_exchanged_dry_run("huggingface")),
     TargetKind("oauth2", "RFC 8693 token exchange", dry_run=_exchanged_dry_run("oauth2")),
 )
-
-_BY_NAME = {target.name: target for target in TARGETS}
-
-
-def kind(name: str) -> TargetKind:
-    """The registry entry of ``target.<name>`` (KeyError for an unknown name)."""
-    return _BY_NAME[name]
-
 
 def configured_kinds(identity: Keyless) -> Iterator[tuple[TargetKind, Any]]:
     """``(kind, spec)`` for each target the config has, in the registry's order."""
