@@ -71,8 +71,8 @@ def test_pyarrow_reads_s3_across_rollovers_through_the_endpoint(
         "AWS_ACCESS_KEY_ID": "AKIADECOYDECOYDECOY0", "AWS_SECRET_ACCESS_KEY": "decoy",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "keyless", "exec", "--credential-endpoint", "--config",
-         str(spec), "--", sys.executable, str(child), aws.bucket, key, "32"],
+        [sys.executable, "-m", "keyless", "exec", "--audit-stderr", "--credential-endpoint",
+         "--config", str(spec), "--", sys.executable, str(child), aws.bucket, key, "32"],
         capture_output=True, text=True, env=env, timeout=240)
     leak_guard.add(result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr[-3000:]

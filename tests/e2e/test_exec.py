@@ -59,7 +59,7 @@ def test_exec_child_reads_across_three_rollovers(federation: Federation, tmp_pat
     env = {**os.environ, **aws.env(), "KEYLESS_JOB_ID": "5"}
     env.pop("AWS_ENDPOINT_URL_STS")  # keyless exec sets it from the config
     result = subprocess.run(
-        [sys.executable, "-m", "keyless", "exec", "--config", str(spec), "--",
+        [sys.executable, "-m", "keyless", "exec", "--audit-stderr", "--config", str(spec), "--",
          sys.executable, str(child), aws.bucket, key, "22"],
         capture_output=True, text=True, env=env, timeout=180)
     leak_guard.add(result.stdout, result.stderr)

@@ -167,7 +167,8 @@ def _exec_torchrun(spec: Path, tmp_path: Path, env: dict[str, str], *torchrun: s
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "keyless", "exec", "--config", str(spec), "--", TORCHRUN,
+        [sys.executable, "-m", "keyless", "exec", "--audit-stderr", "--config", str(spec), "--",
+         TORCHRUN,
          "--standalone", "--nproc-per-node", "2", *torchrun, str(train),
          federation.aws.bucket, federation.prefix, str(out), str(steps), mode],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -325,8 +326,8 @@ def test_long_dag_and_task_ids_keep_eight_ranks_apart(
            "KEYLESS_JOB_ID": "nightly_training_pipeline_v2",
            "KEYLESS_TASK_ID": "train_resnet50_distributed",
            "KEYLESS_RUN_ID": "scheduled__2026-12-05T00:00:00+00:00", "OUT": str(out)}
-    result = subprocess.run([sys.executable, "-m", "keyless", "exec", "--config", str(spec),
-                             "--", "bash", "-c", script + " & wait"],
+    result = subprocess.run([sys.executable, "-m", "keyless", "exec", "--audit-stderr",
+                             "--config", str(spec), "--", "bash", "-c", script + " & wait"],
                             capture_output=True, text=True, env=env, timeout=300)
     leak_guard.add(result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]

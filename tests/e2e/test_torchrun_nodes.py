@@ -62,7 +62,8 @@ def test_two_nodes_of_two_ranks_get_four_identities(
         rendezvous = f"{nodes[0].address}:{_free_port()}"
         procs = []
         for index, node in enumerate(nodes):
-            command = [sys.executable, "-m", "keyless", "exec", "--config", str(spec), "--",
+            command = [sys.executable, "-m", "keyless", "exec", "--audit-stderr", "--config",
+                       str(spec), "--",
                        TORCHRUN, "--nnodes", "2", "--nproc-per-node", "2",
                        "--rdzv-backend", "c10d", "--rdzv-endpoint", rendezvous,
                        "--rdzv-id", "keyless-nodes", "--rdzv-conf", f"is_host={int(index == 0)}",

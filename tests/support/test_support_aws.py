@@ -276,6 +276,21 @@ def test_session_policy_never_widens_the_role(stack: AwsStack, issuer: Issuer) -
     assert _error(excinfo)[0] == "AccessDenied"
 
 
+def test_a_session_policy_over_awss_length_limit_is_refused_as_aws_does(
+        stack: AwsStack, issuer: Issuer) -> None:
+    role = _role(stack, issuer)
+    statement = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/"}
+    fits = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    padded = {**statement, "Resource": statement["Resource"] + "x" * (2049 - len(fits))}
+    too_long = json.dumps({"Version": "2012-10-17", "Statement": [padded]})
+    assert len(too_long) == 2049
+    with pytest.raises(ClientError) as excinfo:
+        _assume(stack, issuer.mint(), role, Policy=too_long)
+    assert _error(excinfo)[0] == "ValidationError"
+    at_limit = too_long.replace("x", "", 1)
+    assert _assume(stack, issuer.mint(), role, Policy=at_limit)["Credentials"]["AccessKeyId"]
+
+
 def test_moto_enforces_iam(stack: AwsStack, issuer: Issuer) -> None:
     bogus = {"AccessKeyId": "AKIAFAKEFAKEFAKEFAKE", "SecretAccessKey": "x"}
     with pytest.raises(ClientError):

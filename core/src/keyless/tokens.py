@@ -12,7 +12,11 @@ import jwt
 from .errors import SourceMisconfigured
 from .secret import Secret
 
-__all__ = ["SubjectToken", "TokenGetter", "read_claims"]
+__all__ = ["MAX_TOKEN_BYTES", "SubjectToken", "TokenGetter", "read_claims"]
+
+#: The one size rule for a token (1 MiB, far above any real JWT): the file source refuses a
+#: larger file, the verifier and ``keyless doctor`` a larger token, before decoding it.
+MAX_TOKEN_BYTES = 1 << 20
 
 
 def read_claims(raw: str, origin: str) -> dict[str, Any]:

@@ -2,12 +2,12 @@
 
 :func:`read_events` reads JSONL audit files (a ``jsonl`` sink's file and its rotated
 ``FILE.1`` ..., MLflow ``keyless/workers/*.jsonl`` parts, or a captured stderr of ``keyless
-exec``: lines that are not audit events are counted and skipped; a line seen twice counts
-once). :func:`build_report` groups the events by worker (the event's context: job, run, task,
-rank, host, pid) and, inside a worker, by identity (target, source, principal, session name,
-issuer, subject): when each was first issued, each refresh, each credential held (issued at,
-expiry, fingerprint) and the failures. :func:`render_table` and :func:`render_json` print it;
-:mod:`keyless.audit.html` draws it as a timeline.
+exec --audit-stderr``: lines that are not audit events are counted and skipped; a line seen
+twice counts once). :func:`build_report` groups the events by worker (the event's context:
+job, run, task, rank, host, pid) and, inside a worker, by identity (target, source, principal,
+session name, issuer, subject): when each was first issued, each refresh, each credential
+held (issued at, expiry, fingerprint) and the failures. :func:`render_table` and
+:func:`render_json` print it; :mod:`keyless.audit.html` draws it as a timeline.
 
 Only what the events hold is shown: claims, principals, fingerprints; never a token.
 """

@@ -1,9 +1,10 @@
 """``keyless audit FILE... [--format table|json|html] [--output OUT]``: who held which identity.
 
 Reads JSONL audit files (the ``jsonl`` sink's file and its rotated ``FILE.1`` ..., the
-``keyless/workers/*.jsonl`` parts of an MLflow run, or a captured stderr of ``keyless exec``)
-and prints, per worker, each identity held, when it was issued and refreshed, and the
-failures. ``html`` is a self-contained timeline page. Exit 0; 2 when a file cannot be read.
+``keyless/workers/*.jsonl`` parts of an MLflow run, or a captured stderr of ``keyless exec
+--audit-stderr``) and prints, per worker, each identity held, when it was issued and refreshed,
+and the failures. ``html`` is a self-contained timeline page. Exit 0; 2 when a file cannot be
+read.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def register(subparsers: Any) -> None:
     """Add the ``audit`` subcommand."""
     parser = subparsers.add_parser("audit", help=_HELP, description=_HELP)
     parser.add_argument("files", nargs="+", metavar="FILE", help="JSONL audit files")
-    parser.add_argument("--format", choices=("table", "json", "html"), default="table")
+    parser.add_argument("--format", choices=("table", "json", "html"), default="table",
+                        help="table (default), json, or html: a self-contained timeline page")
     parser.add_argument("-o", "--output", default=None, metavar="OUT",
                         help="write to OUT instead of standard output")
     parser.set_defaults(handler=_run)

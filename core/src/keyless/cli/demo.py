@@ -17,7 +17,8 @@ def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
     parser = subparsers.add_parser("demo", help=_HELP, description=_HELP)
     defaults = DemoOptions()
-    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--workers", type=int, default=defaults.workers,
+                        help=f"how many worker processes (default {defaults.workers})")
     parser.add_argument("--seconds", type=float, default=defaults.seconds,
                         help="how long each worker reads (it runs on until it rolled over)")
     parser.add_argument("--token-seconds", type=float, default=defaults.token_seconds,

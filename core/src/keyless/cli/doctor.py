@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, KeylessError
+from ..errors import KeylessError
 from ..identity import Keyless
 from ..verify.doctor import diagnose
 
@@ -31,13 +31,21 @@ def register(subparsers: Any) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="FILE", help="the keyless config to check")
     where.add_argument("--token-file", metavar="T", help="a file holding the JWT to check")
-    parser.add_argument("--issuer", metavar="URL", help="expected issuer (default: the token's)")
+    parser.add_argument("--issuer", metavar="URL",
+                        help="the issuer to check against, the only one contacted (default: "
+                             "the config's source.issuer, else the token's iss, announced)")
     parser.add_argument("--audience", metavar="A", help="expected aud (default: the target's)")
-    parser.add_argument("--leeway", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument("--leeway", type=float, default=60.0, metavar="SECONDS",
+                        help="clock skew tolerated: exp/nbf/iat, the issuer's clock (default 60)")
     parser.add_argument("--allow-insecure-http", action="store_true",
                         help="with --token-file: allow an http:// loopback issuer (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=_cmd_doctor)
+
+
+def _announce(text: str) -> None:
+    """Say on stderr (stdout is the report, maybe JSON) what doctor is about to do."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -45,11 +53,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     token: str | None = None
     problem: str | None = None
     if args.config is not None:
-        config_path = Path(args.config)
-        if not config_path.is_file():  # a ConfigError is exit 2 (cli.main)
-            raise ConfigError(f"doctor: cannot read the config file {args.config!r} (no such "
-                              "file); fix: pass the path of a YAML or JSON keyless config")
-        identity = Keyless(config_path)
+        identity = Keyless(Path(args.config))  # a missing file, a directory: ConfigError, exit 2
         origin = f"source {identity.config.source.type}"
         allow_http = identity.config.allow_insecure_http
         try:
@@ -67,7 +71,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
             token, problem = None, "the file is empty"
     checks = diagnose(token, token_origin=origin, token_problem=problem, issuer=args.issuer,
                       audience=args.audience, identity=identity, leeway_seconds=args.leeway,
-                      allow_insecure_http=allow_http)
+                      allow_insecure_http=allow_http, announce=_announce)
     failed = any(c.status == "FAIL" for c in checks)
     if args.json:
         print(json.dumps({"ok": not failed, "checks": [dataclasses.asdict(c) for c in checks]},

@@ -1,8 +1,14 @@
 """``keyless serve-credentials``: the loopback AWS credential endpoint in the foreground.
 
-Prints the two variables a consumer needs (``export AWS_CONTAINER_CREDENTIALS_FULL_URI=...``
-and ``export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=...``: a URL and a path, never the token),
-then serves until SIGINT or SIGTERM, and removes its token file on the way out. Each calling
+First checks that it can serve, as ``keyless exec --credential-endpoint`` does before it starts
+its command: the whole exchange (a credential set for this identity), or, for a config whose
+AWS target differs per calling process (a ``{rank}`` template, a session policy), the source (a
+subject token for the AWS audience). A transient failure is tried again with backoff
+(:mod:`.startup`); any failure exits 1 (2 for a config error) with the error on stderr and
+nothing on stdout. Only then prints the two variables a consumer needs (``export
+AWS_CONTAINER_CREDENTIALS_FULL_URI=...`` and ``export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=...``:
+a URL and a path, never the token), serves until SIGINT or SIGTERM, and removes its token
+file on the way out. Each calling
 process of this OS user is served its own identity (its ``RANK``, ``LOCAL_RANK``, ``GROUP_RANK``:
 ranks that ``torchrun`` starts each get theirs); other users' processes get 403.
 """
@@ -25,7 +31,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve-credentials", help="serve this identity's AWS credentials on a loopback "
                                   "container-credentials endpoint until interrupted")
-    parser.add_argument("--config", required=True, metavar="FILE")
+    parser.add_argument("--config", required=True, metavar="FILE",
+                        help="the keyless config (YAML or JSON; needs target.aws)")
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address (default: "
                                                             "127.0.0.1)")
     parser.add_argument("--port", type=_port, default=0, help="0 to 65535 (default 0: a free "
@@ -49,12 +56,14 @@ def _port(text: str) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ..delivery import TokenDirectory
+    from ..delivery.child import aws_needs_endpoint
     from ..delivery.credential_server import CredentialServer
     from ..delivery.launch import Launch
-    from ..identity import Keyless
+    from .startup import load_identity, with_startup_retries
 
-    identity = Keyless(args.config)
+    identity = load_identity(args)
     identity.aws()  # a config without target.aws fails here, before binding
+    per_process = aws_needs_endpoint(identity) is not None
     directory = TokenDirectory(args.token_dir or identity.config.delivery.token_dir)
     stop = threading.Event()
 
@@ -65,6 +74,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         with CredentialServer(identity, host=args.host, port=args.port, token_dir=directory,
                               launch=Launch(launch_id=None)) as server:
+
+            def check() -> object:  # what exec checks before it starts its command
+                if per_process:  # no caller's context here: the source at least must work
+                    return identity.subject_token(identity.target_audience("aws"))
+                return server.credentials_document()
+
+            with_startup_retries(identity, "keyless serve-credentials", check)
             for key, value in sorted(server.env().items()):
                 print(f"export {key}={shlex.quote(value)}")
             sys.stdout.flush()

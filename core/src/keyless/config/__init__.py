@@ -5,11 +5,12 @@ Field names are a contract shared with checks outside this repository: add field
 :func:`load_config` turns a mapping, a JSON/YAML string or a file into :class:`KeylessConfig`,
 or raises :class:`~keyless.errors.ConfigError` naming the field path at fault and what is allowed.
 
-The package: :mod:`.base` (spec base, field-naming errors, URL checks) -> :mod:`.sources` and
-:mod:`.targets` (the sections) -> :mod:`.model` (the whole config, loading, JSON schema).
+The package: :mod:`.base` (spec base, field-naming errors, string and URL checks) ->
+:mod:`.sources` and :mod:`.targets` (the sections) -> :mod:`.model` (the whole config, loading,
+JSON schema).
 """
 
-from .base import is_loopback, url_origin
+from .base import PSEUDO_FILESYSTEMS, is_loopback, pseudo_filesystem, url_origin
 from .model import (
     AuditSpec,
     DeliverySpec,
@@ -44,11 +45,12 @@ from .targets import (
     TargetsSpec,
 )
 
-__all__ = ["SOURCE_SPECS", "SOURCE_TYPES", "AmbientSource", "AuditSpec", "AwsTarget",
+__all__ = ["PSEUDO_FILESYSTEMS", "SOURCE_SPECS", "SOURCE_TYPES", "AmbientSource", "AuditSpec",
+           "AwsTarget",
            "AwsWebIdentityTokenSource",
            "AzureTarget", "ClientCredentialsSource", "CommandSource", "DatabricksTarget",
            "DeliverySpec", "EnvSource", "FileSource", "GcpMetadataSource", "GcpTarget",
            "GithubActionsSource", "GitlabSource", "HuggingFaceTarget", "KeylessConfig",
            "OAuth2Target", "RefreshSpec", "SourceSpec", "SpiffeSource", "TargetsSpec",
            "TokenExchangeSource", "config_json_schema", "is_loopback", "load_config",
-           "url_origin"]
+           "pseudo_filesystem", "url_origin"]

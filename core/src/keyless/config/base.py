@@ -1,10 +1,13 @@
 """The config schema's building blocks: the frozen spec base (unknown fields refused), the
-validation error that names a field's exact path, template checks and URL checks (https,
-or http to a loopback address only with ``allow_insecure_http``)."""
+validation error that names a field's exact path, template checks and the checks every
+string of a config gets (:func:`_check_strings`: no NUL byte, no user-info in a URL, URL fields
+https or http to a loopback address only with ``allow_insecure_http``, host fields a bare host)."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from ..context import check_json_template, check_template
 from ..errors import ConfigError
 
-__all__ = ["is_loopback", "url_origin"]
+__all__ = ["PSEUDO_FILESYSTEMS", "is_loopback", "pseudo_filesystem", "url_origin"]
 
 
 def is_loopback(host: str) -> bool:
@@ -65,19 +68,98 @@ def _check_template_at(template: str | dict[str, Any], path: str, *,
         raise _FieldProblem(path, "nested too deeply; fix: flatten the document") from None
 
 
-
+#: Fields holding an https URL (http only to a loopback address, with allow_insecure_http).
 _URL_FIELDS = frozenset({"token_url", "issuer", "sts_endpoint_url", "impersonation_url",
                          "authority_host", "host"})
+#: Fields holding a bare ``host[:port]``, spelled as ``$GCE_METADATA_HOST`` is.
+_HOST_FIELDS = frozenset({"metadata_host"})
+#: ``//user[:password]@`` in a URL: a credential inside a document hosts log and ship in plain
+#: text (Ray prints runtime envs, Airflow shows connection extras).
+_USERINFO = re.compile(r"//[^/?#\s]*@")
+#: Kernel pseudo-filesystems: no place for a token directory.
+PSEUDO_FILESYSTEMS = ("/proc", "/sys")
 
 
-def _urls(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]:
+def pseudo_filesystem(path: str) -> str | None:
+    """The pseudo-filesystem (:data:`PSEUDO_FILESYSTEMS`) ``path`` lies under, judged on the
+    path made absolute (lexically: symlinks are not followed), or None."""
+    absolute = os.path.abspath(path)
+    for root in PSEUDO_FILESYSTEMS:
+        if absolute == root or absolute.startswith(root + "/"):
+            return root
+    return None
+
+
+def _values(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
+    """``(dotted path, field name, value)`` of every field of ``model`` and of the models
+    it holds, at any depth."""
     for name in type(model).model_fields:
         value = getattr(model, name)
         path = f"{prefix}{name}"
         if isinstance(value, BaseModel):
-            yield from _urls(value, path + ".")
-        elif name in _URL_FIELDS and isinstance(value, str):
-            yield path, value
+            yield from _values(value, path + ".")
+        else:
+            yield path, name, value
+
+
+def _nested_strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """``(dotted path, string)`` of every string in a list or mapping value, keys included."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _nested_strings(item, f"{path}.{index}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nested_strings(key, path)
+            yield from _nested_strings(item, f"{path}.{key}")
+
+
+def _check_strings(model: BaseModel, allow_insecure_http: bool) -> None:
+    """The checks every string of the config gets, wherever it sits (a new field inherits
+    them): no NUL byte anywhere; no user-info (``user:password@``) in a string field holding a
+    URL; :data:`_URL_FIELDS` https (:func:`_check_url`); :data:`_HOST_FIELDS` a bare host.
+    Raises :class:`_FieldProblem` naming the field; no message quotes the user-info."""
+    for path, name, value in _values(model):
+        for where, text in _nested_strings(value, path):
+            if "\x00" in text:
+                raise _FieldProblem(where, "contains a NUL byte; fix: remove it (a \\0 escape "
+                                    "in YAML or JSON, or a stray byte in the file)")
+        if not isinstance(value, str):
+            continue
+        scheme_less = name in _URL_FIELDS or name in _HOST_FIELDS
+        if _USERINFO.search(value if "://" in value or not scheme_less else "//" + value):
+            raise _FieldProblem(path, (
+                "a URL with a user name or password (user:password@...) is refused: the config "
+                "is logged and shipped in plain text; fix: remove the user:password@ part and "
+                "give credentials the service's own way (a secret field, the environment or "
+                "a credentials file)"))
+        if name in _URL_FIELDS:
+            _check_url(path, value, allow_insecure_http)
+        elif name in _HOST_FIELDS:
+            _check_host(path, value)
+
+
+def _check_host(path: str, host: str) -> None:
+    """``host`` is a bare ``host[:port]``: no scheme, path, query, user-info or space."""
+    problem = ""
+    if "://" in host:
+        problem = "has a scheme"
+    elif any(c in host for c in "/?#@\\") or any(c.isspace() for c in host):
+        problem = "has a path, query, user or space"
+    else:
+        try:
+            parts = urlsplit(f"http://{host}")
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+            if not parts.hostname:
+                problem = "names no host"
+        except ValueError:
+            problem = "has a bad port or IPv6 literal"
+    if problem:
+        raise _FieldProblem(path, (
+            f"not a bare host[:port] ({problem}); fix: give the host alone, as "
+            "GCE_METADATA_HOST is spelled, e.g. metadata.google.internal or "
+            "169.254.169.254:8080 (keyless adds http:// and the path)"))
 
 
 def _check_url(path: str, url: str, allow_insecure_http: bool) -> None:

@@ -14,7 +14,7 @@ import pydantic
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError
-from .base import _check_url, _FieldProblem, _Spec, _urls
+from .base import _check_strings, _FieldProblem, _Spec, pseudo_filesystem
 from .sources import SOURCE_TYPES, AmbientSource, SourceSpec
 from .targets import _AUDIENCE_FIELD, TargetsSpec
 
@@ -86,6 +86,15 @@ class DeliverySpec(_Spec):
     token_dir: str | None = Field(
         default=None, description="0700 directory for token files (default: a private temp dir).")
 
+    @model_validator(mode="after")
+    def _token_dir_on_a_real_filesystem(self) -> DeliverySpec:
+        root = pseudo_filesystem(self.token_dir) if self.token_dir else None
+        if root is not None:
+            raise _FieldProblem("token_dir", f"is under {root}, a kernel pseudo-filesystem; fix: "
+                                "choose a directory on a real filesystem (e.g. under /tmp or "
+                                "$XDG_RUNTIME_DIR), or leave it out for a private temp dir")
+        return self
+
 
 class KeylessConfig(_Spec):
     """The whole keyless configuration."""
@@ -99,9 +108,10 @@ class KeylessConfig(_Spec):
         default=False, description="Allow http:// URLs, and only to loopback addresses.")
 
     @model_validator(mode="after")
-    def _check_urls(self) -> KeylessConfig:
-        for path, url in _urls(self):
-            _check_url(path, url, self.allow_insecure_http)
+    def _check_strings(self) -> KeylessConfig:
+        """Every string: no NUL byte, no user-info in a URL, URL and host fields well formed
+        (:func:`~keyless.config.base._check_strings`)."""
+        _check_strings(self, self.allow_insecure_http)
         return self
 
     @model_validator(mode="after")
@@ -179,13 +189,7 @@ def load_config(value: KeylessConfig | Mapping[str, Any] | str | Path) -> Keyles
     if isinstance(value, KeylessConfig):
         return value
     if isinstance(value, Path) or (isinstance(value, str) and _looks_like_path(value)):
-        path = Path(value)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config: cannot read {str(path)!r}: {exc.__class__.__name__}; "
-                              "fix: pass a readable YAML or JSON file") from None
-        value = text
+        value = _read_file(Path(value))
     if isinstance(value, str):
         value = _parse_document(value)
     if not isinstance(value, Mapping):
@@ -201,14 +205,39 @@ def load_config(value: KeylessConfig | Mapping[str, Any] | str | Path) -> Keyles
 
 
 def _looks_like_path(text: str) -> bool:
+    """Whether a ``str`` given to :func:`load_config` is a file path rather than a document:
+    one line naming an existing file or directory, a ``.yaml``/``.yml``/``.json`` name, or
+    holding a NUL byte (never in a document; reading it says so)."""
     if "\n" in text or text.lstrip().startswith(("{", "[")) or len(text) > 4096:
         return False
-    if text.strip().lower().endswith((".yaml", ".yml", ".json")):
+    if "\x00" in text or text.strip().lower().endswith((".yaml", ".yml", ".json")):
         return True  # a file name, even a missing one: reading it names the file
     try:
-        return Path(text).is_file()
+        return Path(text).exists()
     except (OSError, ValueError):
         return False
+
+
+def _read_file(path: Path) -> str:
+    """The text of the config file at ``path``; a :class:`ConfigError` naming the path and
+    the fix for a NUL byte in it, a directory, a missing or unreadable file."""
+    shown = repr(str(path))
+    if "\x00" in str(path):
+        raise ConfigError(f"config: the path {shown} contains a NUL byte; fix: pass the config "
+                          "file's path without it")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"config: cannot read {shown}: it is a directory; fix: pass the "
+                          "YAML or JSON file inside it (e.g. keyless.yaml)") from None
+    except FileNotFoundError:
+        raise ConfigError(f"config: cannot read {shown}: it does not exist; fix: pass the path "
+                          "of a YAML or JSON config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config: cannot read {shown}: {exc.__class__.__name__}; "
+                          "fix: pass a readable YAML or JSON file") from None
 
 
 class _DuplicateKey(ValueError):

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import threading
 from collections.abc import Collection, Iterator, Mapping
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from ..errors import ConfigError, KeylessError
 from ..identity import Keyless
 from ..targets.registry import STATIC_AWS_VARIABLES, TARGETS, configured_kinds
-from .files import write_private_file
+from .files import private_directory, write_private_file
 
 __all__ = ["TokenDirectory", "TokenFileKeeper", "sdk_environment", "worker_environment",
            "narrowing_fields",
@@ -56,7 +55,8 @@ class TokenDirectory:
     """A private (0700) directory holding one token file per audience.
 
     ``path=None`` makes a fresh temporary directory, removed by :meth:`cleanup`. A given path
-    is created 0700 if missing and refused if it is readable or writable by others; there
+    is created 0700 if missing and refused if it is readable or writable by others, or cannot
+    be made (a :class:`ConfigError` naming ``delivery.token_dir``); there
     :meth:`cleanup` removes what keyless wrote (every entry new or replaced since this object
     was made: token files, the GCP external_account file, the endpoint's token) and keeps the
     rest and the directory.
@@ -67,14 +67,8 @@ class TokenDirectory:
             self.path = Path(tempfile.mkdtemp(prefix="keyless-"))
             self._owned = True
         else:
-            self.path = Path(path)
+            self.path = private_directory(Path(path))  # a ConfigError naming the field
             self._owned = False
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            mode = stat.S_IMODE(self.path.stat().st_mode)
-            if mode & 0o077:
-                raise ConfigError(
-                    f"delivery: token_dir {str(self.path)!r} has mode {mode:o}; fix: chmod 700 "
-                    "it or choose a private directory", field="delivery.token_dir")
         os.chmod(self.path, 0o700)
         self._before = self._entries()
 

@@ -19,7 +19,10 @@ exchange on loopback. Never for production.
   authentication is optional here; when given it must be right.
 
 Errors are RFC 6749 JSON (``invalid_client`` 401, ``invalid_grant``, ``invalid_request``,
-``unsupported_grant_type`` 400). Nothing is logged: requests carry secrets and tokens.
+``unsupported_grant_type`` 400; a ``Content-Length`` that is not one decimal integer >= 0 is an
+``invalid_request`` 400, a body over 64 KiB a 413). Nothing is logged: requests carry secrets
+and tokens. The server is a :class:`~keyless.delivery.loopback.LoopbackHttpServer`, with its
+request deadline and connection bound.
 :meth:`DevIssuer.mint` signs a token directly, for tests and the demo.
 """
 
@@ -41,7 +44,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..clock import Clock, SystemClock
-from ..delivery.loopback import LoopbackHttpServer, LoopbackService, QuietHandler, is_loopback
+from ..delivery.loopback import (
+    BodyRefused,
+    LoopbackHttpServer,
+    LoopbackService,
+    QuietHandler,
+    is_loopback,
+)
 from ..errors import ConfigError, KeylessError
 from ..http import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 
@@ -348,16 +357,15 @@ class _Handler(QuietHandler):
 
     def do_POST(self) -> None:
         issuer = self.server.issuer  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length") or 0)
+        try:  # a bad Content-Length is a 400, never a traceback or a read until EOF
+            raw = self.read_body(_MAX_BODY).decode("utf-8", "replace")
+        except BodyRefused as refused:
+            self.send_json(refused.status, {"error": "invalid_request",
+                                            "error_description": refused.description})
+            return
         if self.path.split("?", 1)[0] != "/token":
-            self.rfile.read(min(length, _MAX_BODY))
             self.send_json(404, {"error": "not_found"})
             return
-        if length > _MAX_BODY:
-            self.close_connection = True
-            self.send_json(413, {"error": "invalid_request", "error_description": "body too large"})
-            return
-        raw = self.rfile.read(length).decode("utf-8", "replace")
         try:
             if "x-www-form-urlencoded" not in (self.headers.get("Content-Type") or ""):
                 raise _OAuthError("invalid_request",

@@ -361,13 +361,15 @@ class Refresher(Generic[T]):
             retry_at = min(retry_at, snap.valid_until)  # one last try as the value runs out
             self._snapshot = dataclasses.replace(snap, refresh_at=max(snap.refresh_at, retry_at))
         self._backoff = _Backoff(failures=failures, retry_at=retry_at, error=error)
-        logger.warning("%s; %s, next attempt in %.1f s (failure %d)", error.message,
-                       "serving the current value" if stale_ok else "no valid value left",
-                       retry_at - now, failures)
         on_error = self._on_error
         events = () if on_error is None else (lambda: on_error(error, stale_ok),)
-        if snap is not None and stale_ok and not force:
+        if snap is not None and stale_ok and not force:  # nobody else hears of this failure
+            logger.warning("%s; serving the current value, next attempt in %.1f s (failure %d)",
+                           error.message, retry_at - now, failures)
             return _Outcome(snap.value, events=events)
+        # raised to the caller, who reports it: a warning here would say it twice
+        logger.info("%s; no valid value left, next attempt in %.1f s (failure %d)",
+                    error.message, retry_at - now, failures)
         return _Outcome(None, error=error, events=events)
 
     # ---------------------------------------------------------------- fork and pickle

@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import jwt
 
 from ..clock import Clock, SystemClock
-from ..delivery.loopback import LoopbackHttpServer, LoopbackService, QuietHandler
+from ..delivery.loopback import BodyRefused, LoopbackHttpServer, LoopbackService, QuietHandler
 from ..http import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT
 from ..secret import fingerprint
 from .jwks import issuer_jwks_client
@@ -333,8 +333,12 @@ class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        try:  # a bad Content-Length is a 400, never a traceback or a read until EOF
+            body = self.read_body(1024 * 1024)
+        except BodyRefused as refused:
+            self.send_json(refused.status, {"error": "invalid_request",
+                                            "error_description": refused.description})
+            return
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, payload = self.server.sts.handle(  # type: ignore[attr-defined]
             self.command, self.path, headers, body)

@@ -38,6 +38,7 @@ from collections import deque
 from typing import Any
 
 from ..clock import Clock, SystemClock
+from ..config.targets import SESSION_POLICY_MAX
 from ..delivery.loopback import LoopbackHttpServer, LoopbackService
 from .sts_policy import StsError, TokenVerifier, session_role_policy, trust_allows
 from .sts_wire import (
@@ -125,8 +126,9 @@ class StsFront(LoopbackService):
         self._issued: dict[str, IssuedCredentials] = {}
         self._expired_uses: list[dict[str, Any]] = []
         self._forwarded: deque[dict[str, Any]] = deque(maxlen=10_000)
-        self._server = LoopbackHttpServer(FrontHandler, component="sts-front",
-                                          attributes={"front": self})
+        self._server = LoopbackHttpServer(  # whole test clusters' connection pools: more room
+            FrontHandler, component="sts-front", attributes={"front": self},
+            request_timeout=60, max_connections=512)
 
     # ----------------------------------------------------------------- test hooks
     @property
@@ -248,6 +250,10 @@ class StsFront(LoopbackService):
                 "Member must have value between 900 and 43200",
             )
         policy = p.get("Policy")
+        if policy is not None and len(policy) > SESSION_POLICY_MAX:  # AWS: length 1 to 2048
+            raise StsError(400, "ValidationError", "1 validation error detected: Value at "
+                           "'policy' failed to satisfy constraint: Member must have length "
+                           f"less than or equal to {SESSION_POLICY_MAX}")
         if policy is not None:
             try:
                 json.loads(policy)

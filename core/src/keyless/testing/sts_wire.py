@@ -136,20 +136,32 @@ class FrontHandler(BaseHTTPRequestHandler):
             chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size < 0:
+                    raise ValueError("negative chunk size")
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return b"".join(chunks)
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        return self.rfile.read(length)
 
     def _serve(self) -> None:
-        body = self._read_body()
         front: _Front = self.server.front  # type: ignore[attr-defined]
         try:
-            status, headers, out = front.handle(self.command, self.path,
-                                                list(self.headers.items()), body)
+            body = self._read_body()
+        except ValueError:  # a Content-Length or chunk size that is not a number, or < 0
+            self.close_connection = True
+            status, headers, out = error_reply(400, "InvalidRequest",
+                                               "sts-front: the body cannot be framed", "Sender")
+            body = None
+        try:
+            if body is not None:
+                status, headers, out = front.handle(self.command, self.path,
+                                                    list(self.headers.items()), body)
         except Exception as e:  # the fixture must answer, whatever broke
             status, headers, out = error_reply(500, "InternalFailure",
                                                f"sts-front: {type(e).__name__}: {e}", "Receiver")

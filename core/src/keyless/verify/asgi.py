@@ -10,7 +10,10 @@ whose path is not exempt it reads ``Authorization: Bearer <jwt>``, verifies it w
 - on a refused or missing token answers ``401`` with a JSON body
   ``{"error": "invalid_token", "error_description": ..., "claim": ...}`` and a
   ``WWW-Authenticate: Bearer`` header (the token is never echoed);
-- when the issuer's keys cannot be fetched answers ``503`` (``temporarily_unavailable``).
+- when the issuer's keys cannot be had (any other :class:`~keyless.errors.KeylessError`:
+  the issuer down, failing or too slow; see :class:`~keyless.verify.jwks.JwksCache`) answers
+  ``503`` (``temporarily_unavailable``) at once, never ``401``, with ``Retry-After`` when the
+  next try of the issuer is known.
 
 A websocket that fails verification is closed (code 1008) before it is accepted.
 """
@@ -18,12 +21,14 @@ A websocket that fails verification is closed (code 1008) before it is accepted.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import anyio.to_thread
 
 from ..errors import KeylessError, TokenRejected
+from .jwks import IssuerUnavailable
 from .verifier import Verifier
 
 __all__ = ["BearerTokenMiddleware"]
@@ -63,7 +68,9 @@ class BearerTokenMiddleware:
             await _refuse(scope, send, 401, "invalid_token", exc.message, exc.claim)
             return
         except KeylessError as exc:
-            await _refuse(scope, send, 503, "temporarily_unavailable", exc.message, None)
+            retry = exc.retry_after if isinstance(exc, IssuerUnavailable) else None
+            await _refuse(scope, send, 503, "temporarily_unavailable", exc.message, None,
+                          retry_after=retry)
             return
         state = dict(scope.get("state") or {})
         state["keyless_claims"] = claims
@@ -85,16 +92,17 @@ def _bearer(scope: Scope) -> str | None:
 
 
 async def _refuse(scope: Scope, send: Send, status: int, error: str, description: str,
-                  claim: str | None) -> None:
+                  claim: str | None, *, retry_after: float | None = None) -> None:
     if scope.get("type") == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
     body = json.dumps({"error": error, "error_description": description,
                        "claim": claim}).encode()
     challenge = f'Bearer error="{error}"'.encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", challenge),
-                            (b"cache-control", b"no-store")]})
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()),
+               (b"www-authenticate", challenge), (b"cache-control", b"no-store")]
+    if retry_after is not None and math.isfinite(retry_after):
+        headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,5 +1,6 @@
-"""The claim checks every verification makes, each raising :class:`~keyless.TokenRejected`
-naming the claim and the fix: ``iss``, ``aud``, the required claims and the times
+"""The checks every verification makes, each raising :class:`~keyless.TokenRejected` naming
+the claim and the fix: the token's size (:data:`~keyless.tokens.MAX_TOKEN_BYTES`, before any
+decoding; claim None), ``iss``, ``aud``, the required claims and the times
 (``exp``/``nbf``/``iat`` with leeway; a date that is not a finite number is rejected, not an
 overflow)."""
 
@@ -10,8 +11,20 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import TokenRejected
+from ..tokens import MAX_TOKEN_BYTES
 
-__all__ = ["check_audience", "check_issuer", "check_required", "check_times"]
+__all__ = ["check_audience", "check_issuer", "check_required", "check_times",
+           "check_token_size"]
+
+
+def check_token_size(token: str, component: str = "verify") -> None:
+    """Raise TokenRejected (claim None) when ``token`` is over :data:`MAX_TOKEN_BYTES` bytes
+    of UTF-8; the size and the limit are named, the token never."""
+    size = len(token) if token.isascii() else len(token.encode("utf-8", "surrogatepass"))
+    if size > MAX_TOKEN_BYTES:
+        raise TokenRejected(f"{component}: the token is {size} bytes, over the limit of "
+                            f"{MAX_TOKEN_BYTES} bytes keyless sets for a token; fix: send the "
+                            "JWT itself (a real one is a few KB), not whatever produced this")
 
 
 def check_issuer(claims: Mapping[str, Any], expected: str, component: str = "verify") -> None:

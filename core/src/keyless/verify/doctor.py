@@ -7,17 +7,24 @@ real (harmless) exchange per configured target; ``keyless doctor --token-file T 
 failed (warnings allowed); 1: a check failed; 2: bad usage or an unreadable config. The token
 is never printed (only its sha256 fingerprint).
 
-Checks: token (present, a JWT), discovery (``{issuer}/.well-known/openid-configuration``
-answers), clock (skew of the local clock against the issuer's HTTP ``Date``), alg (not
-``none``, not HMAC, the JWKS key's ``alg`` or one the issuer advertises), signature (against
-the JWKS), iss (equals the discovery document's ``issuer``), aud (``--audience`` or the
-config's target audience), time (exp/nbf/iat against the local clock with leeway; a future
-``iat`` is reported as clock skew), lifetime (long enough to refresh ahead of expiry), exchange
-(``--config``: each target's dry run from :mod:`keyless.targets.registry`, e.g.
-AssumeRoleWithWebIdentity through ``Keyless(config).aws().credentials()``).
+Which issuer doctor contacts: ``--issuer``, else the config's (``source.issuer``), and only
+that one: a token whose ``iss`` differs fails the iss check, and its own ``iss`` host is never
+contacted. With neither, doctor falls back to the token's unverified ``iss`` and first says
+(on stderr) whose discovery document it is about to fetch.
 
-:func:`diagnose` is the library entry point; its ``clock`` and ``http`` are the test hooks.
-The command line is :mod:`keyless.cli.doctor`.
+Checks: token (present, a JWT, at most :data:`~keyless.tokens.MAX_TOKEN_BYTES` like every
+token keyless reads), discovery (``{issuer}/.well-known/openid-configuration`` answers), clock
+(skew of the local clock against the issuer's HTTP ``Date``), alg (not ``none``, not HMAC, the
+JWKS key's ``alg`` or one the issuer advertises), signature (against the JWKS; a ``kid`` the
+JWKS publishes more than once is named as the likely cause), iss (equals the discovery
+document's ``issuer``), aud (``--audience`` or the config's target audience), time
+(exp/nbf/iat against the local clock with leeway; a future ``iat`` is reported as clock skew),
+lifetime (long enough to refresh ahead of expiry), exchange (``--config``: each target's dry
+run from :mod:`keyless.targets.registry`, e.g. AssumeRoleWithWebIdentity through
+``Keyless(config).aws().credentials()``).
+
+:func:`diagnose` is the library entry point; its ``clock``, ``http`` and ``announce`` are the
+test hooks. The command line is :mod:`keyless.cli.doctor`.
 """
 
 from __future__ import annotations
@@ -41,11 +48,13 @@ from .verifier import (
     check_issuer,
     check_required,
     check_times,
+    check_token_size,
     discovery_url,
     unverified_parts,
 )
 
-__all__ = ["CHECK_NAMES", "REFRESH_MARGIN_SECONDS", "Check", "diagnose", "target_audience"]
+__all__ = ["CHECK_NAMES", "REFRESH_MARGIN_SECONDS", "Check", "configured_issuer", "diagnose",
+           "target_audience"]
 
 #: Every check, in the order a report lists them; docs/troubleshooting.md has a row for each.
 CHECK_NAMES = ("token", "discovery", "clock", "alg", "signature", "iss", "aud", "time",
@@ -92,18 +101,32 @@ class _Report:
             self.add(name, "skip", why)
 
 
+def configured_issuer(identity: Keyless | None) -> str | None:
+    """The issuer a config names (its source's ``issuer``), or None."""
+    if identity is None:
+        return None
+    issuer = getattr(identity.config.source, "issuer", None)
+    return issuer if isinstance(issuer, str) and issuer else None
+
+
 def diagnose(token: str | None, *, token_origin: str, token_problem: str | None = None,
              issuer: str | None = None, audience: str | None = None,
              identity: Keyless | None = None, clock: Clock | None = None,
              http: Callable[[], httpx.Client] | None = None, leeway_seconds: float = 60.0,
-             allow_insecure_http: bool = False) -> list[Check]:
-    """Run every check on ``token`` (None: ``token_problem`` says why there is none)."""
+             allow_insecure_http: bool = False,
+             announce: Callable[[str], None] | None = None) -> list[Check]:
+    """Run every check on ``token`` (None: ``token_problem`` says why there is none).
+
+    Only ``issuer`` (else :func:`configured_issuer`) is contacted; with neither, the token's
+    unverified ``iss`` is, after ``announce`` was told whose discovery is about to be fetched.
+    """
     clock = clock or SystemClock()
     report = _Report()
     header: dict[str, Any] = {}
     claims: dict[str, Any] = {}
     if token is not None:
         try:
+            check_token_size(token, "doctor")
             header, claims = unverified_parts(token)
         except TokenRejected as exc:
             token_problem = exc.message
@@ -116,8 +139,8 @@ def diagnose(token: str | None, *, token_origin: str, token_problem: str | None 
                f"{header.get('alg')!r} kid={header.get('kid')!r} iss={claims.get('iss')!r} "
                f"sub={claims.get('sub')!r} aud={claims.get('aud')!r}")
 
-    issuer = issuer or (claims.get("iss") if isinstance(claims.get("iss"), str) else None)
-    cache, document = _discovery(report, issuer, clock, http, allow_insecure_http)
+    issuer, whose = _choose_issuer(issuer, identity, claims, announce)
+    cache, document = _discovery(report, issuer, whose, clock, http, allow_insecure_http)
     skew = _clock_skew(report, cache, leeway_seconds)
     _alg_and_signature(report, token, header, cache, document, issuer)
     _iss(report, claims, document, issuer)
@@ -142,21 +165,39 @@ def _run(report: _Report, name: str, check: Callable[[], None], ok: str) -> bool
     return True
 
 
-def _discovery(report: _Report, issuer: str | None, clock: Clock,
+def _choose_issuer(issuer: str | None, identity: Keyless | None, claims: dict[str, Any],
+                   announce: Callable[[str], None] | None) -> tuple[str | None, str]:
+    """The issuer to contact and where it came from; announces a fallback to the token's."""
+    if issuer:
+        return issuer, "--issuer"
+    configured = configured_issuer(identity)
+    if configured:
+        return configured, "the config's source.issuer"
+    iss = claims.get("iss")
+    if not isinstance(iss, str) or not iss:
+        return None, "the token's iss"
+    if announce is not None:
+        announce(f"doctor: no --issuer and no issuer in the config: fetching the discovery "
+                 f"document of the token's own (unverified) iss, {safe_url(discovery_url(iss))}"
+                 "; pass --issuer URL to contact only the issuer you trust")
+    return iss, "the token's iss"
+
+
+def _discovery(report: _Report, issuer: str | None, whose: str, clock: Clock,
                http: Callable[[], httpx.Client] | None, allow_insecure_http: bool
                ) -> tuple[JwksCache | None, dict[str, Any] | None]:
     if not issuer:
         report.add("discovery", "FAIL", "the token has no iss and no --issuer was given; fix: "
                    "pass --issuer URL")
         return None, None
-    cache = JwksCache(issuer, http=http or _doctor_client, clock=clock,
+    cache = JwksCache(issuer, http=http or _doctor_client, clock=clock, fetch_wait_seconds=30.0,
                       allow_insecure_http=allow_insecure_http, component="doctor")
     try:
         document = cache.discovery()
     except KeylessError as exc:
         report.add("discovery", "FAIL", f"{safe_url(discovery_url(issuer))} does not answer: "
-                   f"{exc.message}; fix: check the issuer URL (the token's iss or --issuer) and "
-                   "that it is reachable; cloud STS services fetch it from the internet")
+                   f"{exc.message}; fix: check the issuer URL ({whose}) and that it is "
+                   "reachable; cloud STS services fetch it from the internet")
         return cache, None
     report.add("discovery", "ok", f"{safe_url(discovery_url(issuer))} answered (issuer="
                f"{document.get('issuer')!r}, jwks_uri={document.get('jwks_uri')!r})")
@@ -239,12 +280,22 @@ def _ignore(_value: object) -> None:
 
 def _iss(report: _Report, claims: dict[str, Any], document: dict[str, Any] | None,
          issuer: str | None) -> None:
-    expected = (document or {}).get("issuer") or issuer
-    if not isinstance(expected, str):
+    """``iss`` must equal the issuer doctor checks against, and so must the ``issuer`` its
+    discovery document names (when it answered)."""
+    if not issuer:
         report.add("iss", "skip", "no issuer to compare with")
         return
-    _run(report, "iss", lambda: check_issuer(claims, expected, "doctor"),
-         f"iss={claims.get('iss')!r} equals the discovery document's issuer")
+    advertised = (document or {}).get("issuer", issuer)
+
+    def check() -> None:
+        check_issuer(claims, issuer, "doctor")
+        if advertised != issuer:
+            raise TokenRejected(f"doctor: the discovery document of {issuer} names issuer "
+                                f"{advertised!r}; fix: use the issuer exactly as its "
+                                "discovery document spells it", claim="iss")
+
+    _run(report, "iss", check, f"iss={claims.get('iss')!r} equals the issuer and its "
+         "discovery document's issuer")
 
 
 def _times(report: _Report, claims: dict[str, Any], now: float, leeway: float,
