@@ -49,19 +49,19 @@ class RayCluster:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run test_ray_quickstart.py first: it starts its own Ray cluster (as the docs tell a new
-    user to), which must be gone before the session's ``ray_cluster`` starts; one Ray cluster
-    at a time on this machine. The sort is stable: every other test keeps its place."""
-    items.sort(key=lambda item: item.path.name != "test_ray_quickstart.py")
+    """Run test_ray_quickstart.py first, then test_ray_multinode.py: each starts its own Ray
+    cluster (the quickstart as the docs tell a new user to, the other a multi-node
+    ``Cluster``), which must be gone before the session's ``ray_cluster`` starts; one Ray
+    cluster at a time on this machine. The sort is stable: every other test keeps its place."""
+    first = {"test_ray_quickstart.py": 0, "test_ray_multinode.py": 1}  # own clusters
+    items.sort(key=lambda item: first.get(item.path.name, 2))
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(aws_stack: Any) -> Iterator[RayCluster]:
-    import ray
-
-    temp_dir = Path(tempfile.mkdtemp(prefix="kr-", dir="/tmp"))  # short: unix socket paths
+def set_node_environment(aws_stack: Any, temp_dir: Path, **extra: str) -> None:
+    """Put into ``os.environ`` (inherited by every Ray process started after) what a node
+    needs: the plugin registered with its schema, the test AWS endpoints, the repository on
+    ``PYTHONPATH`` and no static AWS key; plus ``extra``. The caller restores os.environ."""
     schema = write_schema(temp_dir / "keyless.json")
-    saved = dict(os.environ)
     os.environ.update(aws_stack.env())
     os.environ.update({
         "RAY_RUNTIME_ENV_PLUGINS": PLUGIN_SPEC,
@@ -69,10 +69,20 @@ def ray_cluster(aws_stack: Any) -> Iterator[RayCluster]:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TRAIN_ENABLE_STATE_TRACKING": "0",
+        **extra,
     })
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                  "AWS_PROFILE"):
         os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(aws_stack: Any) -> Iterator[RayCluster]:
+    import ray
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="kr-", dir="/tmp"))  # short: unix socket paths
+    saved = dict(os.environ)
+    set_node_environment(aws_stack, temp_dir)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -102,4 +112,4 @@ def keyless_env(federation: Federation, tmp_path: Path,  # noqa: F811
     return value
 
 
-__all__ = ["Federation", "LeakGuard", "RayCluster", "keyless_env"]
+__all__ = ["Federation", "LeakGuard", "RayCluster", "keyless_env", "set_node_environment"]

@@ -37,6 +37,11 @@ def file_config(tmp_path: Path, **aws: Any) -> dict[str, Any]:
             "target": {"aws": {"role_arn": ROLE, "region": "us-east-1", **aws}}}
 
 
+def _ident(uri: str) -> str:
+    """The config id in a ``keyless://<id>.<generation>`` URI."""
+    return uri.removeprefix("keyless://").partition(".")[0]
+
+
 def plugin_for(registry: NodeRegistry | None = None) -> KeylessPlugin:
     return KeylessPlugin(registry if registry is not None else NodeRegistry(sleep=lambda _: None))
 
@@ -52,7 +57,7 @@ def test_get_uris_never_raises_and_is_stable(tmp_path: Path) -> None:
     reordered = dict(reversed(list(config.items())))
     uris = plugin.get_uris({"keyless": config})
     assert uris == plugin.get_uris({"keyless": reordered})
-    assert uris == ["keyless://" + config_id(parse_runtime_env_value(config))]
+    assert uris == ["keyless://" + config_id(parse_runtime_env_value(config)) + ".0"]
 
 
 def test_validate_names_the_field_and_never_echoes_a_secret(tmp_path: Path) -> None:
@@ -84,7 +89,7 @@ def test_create_is_idempotent_and_context_gets_paths_and_ids_only(tmp_path: Path
     context = RuntimeEnvContext()
     plugin.modify_context([uri], env, context, LOG)
     variables = context.env_vars
-    assert variables[MARKER_VARIABLE] == uri.removeprefix("keyless://")
+    assert variables[MARKER_VARIABLE] == _ident(uri)
     token_file = Path(variables["AWS_WEB_IDENTITY_TOKEN_FILE"])
     token = token_file.read_text()
     assert token == Path(env["keyless"]["source"]["path"]).read_text()
@@ -200,11 +205,11 @@ def test_rays_uri_cache_stops_the_refresher_when_its_last_user_is_gone(
     uris = [plugin.get_uris(env)[0] for env in envs]
     for env, uri in zip(envs, uris, strict=True):
         cache.add(uri, int(asyncio.run(plugin.create(uri, env, RuntimeEnvContext(), LOG))))
-    directories = [registry.get(u.removeprefix("keyless://")).directory.path  # type: ignore[union-attr]
+    directories = [registry.get(_ident(u)).directory.path  # type: ignore[union-attr]
                    for u in uris]
     assert len(registry) == 2
     cache.mark_unused(uris[0])
-    assert registry.get(uris[0].removeprefix("keyless://")) is None
+    assert registry.get(_ident(uris[0])) is None
     assert not directories[0].exists() and directories[1].exists()
     assert uris[0] not in cache and uris[1] in cache
     cache.mark_unused(uris[1])

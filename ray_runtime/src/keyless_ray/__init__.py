@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .bootstrap import credential_endpoint
 from .names import MANIFEST_VARIABLE, MARKER_VARIABLE, PLUGIN_NAME, PLUGIN_SETTING, PLUGIN_SPEC
 from .schema import ray_schema, write_schema
 from .worker import (
     boto3_session,
-    credential_endpoint,
     flush_audit,
     google_credentials,
     identity,

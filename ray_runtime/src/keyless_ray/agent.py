@@ -11,67 +11,40 @@ from an executor so the agent's event loop never waits on an IdP.
   errors are retried with the config's backoff before giving up; ``release(id)`` stops the
   keeper and removes its files. Nothing is cached on failure (Ray caches a failed env itself,
   ten minutes by default, then asks again).
+- Stopping does not wait for Ray's reference counting alone (:mod:`keyless_ray.lifecycle`): a
+  watcher thread releases a config once no live process uses it (:class:`IdlePolicy`), the
+  agent's exit releases all, and each token directory has a :class:`DirectoryWatchdog` that
+  removes it if the agent is killed. Each start of a config is a new *generation*, named in
+  its URI (:meth:`NodeRegistry.uri`): Ray then asks again to create a config the watcher
+  stopped, and a late ``delete_uri`` of an old generation stops nothing.
 """
 
 from __future__ import annotations
 
-import json
+import atexit
 import logging
-import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from keyless import (
-    ExchangeFailed,
-    Keyless,
-    KeylessConfig,
-    RefreshPolicy,
-    SourceUnavailable,
-    WorkerContext,
-)
-from keyless.delivery import TokenDirectory, TokenFileKeeper, sdk_environment
-from keyless.delivery.files import write_private_file
+from keyless import Keyless, KeylessConfig
 
 from .intake import (
-    MANIFEST_NAME,
     SECRET_FIELDS,
     config_id,
     is_transient,
     parse_runtime_env_value,
     worker_manifest,
 )
-from .names import MANIFEST_VARIABLE, MARKER_VARIABLE
+from .lifecycle import IdlePolicy, users_by_config
+from .names import URI_SCHEME
+from .node_entry import NodeEntry, agent_identity, start_entry
 
 __all__ = ["SECRET_FIELDS", "NodeEntry", "NodeRegistry", "config_id", "is_transient",
            "parse_runtime_env_value", "worker_manifest"]
 
 logger = logging.getLogger("keyless_ray.agent")
-
-def _agent_identity(config: KeylessConfig) -> Keyless:
-    return Keyless(config, context=WorkerContext(host=socket.gethostname()))
-
-
-@dataclass
-class NodeEntry:
-    """One config's refresher on this node, its files and the variables for its workers."""
-
-    ident: str
-    keeper: TokenFileKeeper
-    directory: TokenDirectory
-    manifest: Path
-    sdk_env: dict[str, str] = field(default_factory=dict)
-
-    def env_vars(self) -> dict[str, str]:
-        """Paths, ids and the marker only (Ray logs these in plaintext)."""
-        return {**self.sdk_env, MARKER_VARIABLE: self.ident, MANIFEST_VARIABLE: str(self.manifest)}
-
-    def stop(self) -> None:
-        self.keeper.stop()
-        self.directory.cleanup()
-
 
 class NodeRegistry:
     """The per-node (per-agent-process) table of running refreshers, keyed by config id.
@@ -82,13 +55,18 @@ class NodeRegistry:
     """
 
     def __init__(self, *, identity_factory: Callable[[KeylessConfig], Keyless] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, attempts: int = 4) -> None:
-        self._factory = identity_factory or _agent_identity
+                 sleep: Callable[[float], None] = time.sleep, attempts: int = 4,
+                 idle: IdlePolicy | None = None, watch: bool = False) -> None:
+        self._factory = identity_factory or agent_identity
         self._sleep = sleep
         self._attempts = max(attempts, 1)
         self._lock = threading.Lock()
         self._entries: dict[str, NodeEntry] = {}
         self._key_locks: dict[str, threading.Lock] = {}
+        self._generations: Counter[str] = Counter()
+        self.idle = idle or IdlePolicy.from_environment()
+        self._watch = watch  # the agent's registry: a watcher thread and cleanup at exit
+        self._watcher: threading.Thread | None = None
         self.starts = 0
 
     def __len__(self) -> int:
@@ -98,6 +76,46 @@ class NodeRegistry:
     def get(self, ident: str) -> NodeEntry | None:
         with self._lock:
             return self._entries.get(ident)
+
+    def uri(self, ident: str) -> str:
+        """The URI of ``ident``'s current generation (``keyless://<id>.<generation>``)."""
+        with self._lock:
+            return f"{URI_SCHEME}{ident}.{self._generations[ident]}"
+
+    def prepared(self, ident: str) -> None:
+        """Note that a worker is being set up with ``ident`` (it is not idle meanwhile)."""
+        with self._lock:
+            entry = self._entries.get(ident)
+            if entry is not None:
+                entry.last_prepared = time.monotonic()
+
+    def sweep(self, users: Counter[str], now: float) -> list[str]:
+        """Release every config that ``users`` shows unused for the idle policy's time;
+        returns their ids."""
+        with self._lock:
+            entries = list(self._entries.values())
+        idle = []
+        for entry in entries:
+            if users[entry.ident]:
+                entry.last_seen = now
+            elif self.idle.idle(now, entry.last_seen, entry.last_prepared):
+                idle.append(entry.ident)
+        return [ident for ident in idle if self.release(ident, reason="no process uses it")]
+
+    def _watch_loop(self) -> None:
+        while True:
+            time.sleep(self.idle.poll_seconds)
+            try:
+                self.sweep(users_by_config(), time.monotonic())
+            except Exception:  # the watcher must outlive any one bad sweep
+                logger.exception("keyless: idle sweep failed")
+
+    def _start_watching(self) -> None:
+        if self._watch and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_loop, daemon=True,
+                                             name="keyless-ray-idle-watcher")
+            self._watcher.start()
+            atexit.register(self.stop_all)
 
     def ensure(self, config: KeylessConfig) -> NodeEntry:
         """The running entry for ``config``, started if needed (idempotent, one per id).
@@ -116,51 +134,26 @@ class NodeRegistry:
             with self._lock:
                 entry = self._entries.get(ident)
             if entry is None:
-                entry = self._start(config, ident)
+                entry = start_entry(config, ident, self._factory, self._attempts, self._sleep)
+                self.starts += 1
                 with self._lock:
+                    entry.generation = self._generations[ident]
                     self._entries[ident] = entry
+                self._start_watching()
             return entry
 
-    def _start(self, config: KeylessConfig, ident: str) -> NodeEntry:
-        policy = RefreshPolicy.from_spec(config.refresh)
-        base = config.delivery.token_dir
-        directory = TokenDirectory(Path(base) / f"ray-{ident}" if base else None)
-        try:
-            for attempt in range(1, self._attempts + 1):
-                identity = self._factory(config)
-                keeper = TokenFileKeeper(identity, directory)
-                try:
-                    keeper.start()
-                    break
-                except (SourceUnavailable, ExchangeFailed) as exc:
-                    if not is_transient(exc) or attempt == self._attempts:
-                        raise
-                    logger.warning("keyless: config %s: attempt %d failed (%s), retrying",
-                                   ident, attempt, type(exc).__name__)
-                    self._sleep(policy.backoff_cap(attempt))
-            manifest = write_private_file(
-                directory.path / MANIFEST_NAME,
-                json.dumps(worker_manifest(identity, ident, keeper.files)))
-            entry = NodeEntry(ident=ident, keeper=keeper, directory=directory,
-                              manifest=manifest,
-                              # shared by every worker of the node: a per-worker session
-                              # policy or boundary is left out (helpers apply it per rank)
-                              sdk_env=sdk_environment(identity, keeper.files, narrowed="omit"))
-        except BaseException:
-            directory.cleanup()
-            raise
-        self.starts += 1
-        logger.info("keyless: config %s: token files kept fresh in %s", ident, directory.path)
-        return entry
-
-    def release(self, ident: str) -> bool:
-        """Stop the refresher of ``ident`` and remove its files; False if none ran."""
+    def release(self, ident: str, generation: int | None = None, *,
+                reason: str = "last user gone") -> bool:
+        """Stop the refresher of ``ident`` (only if it runs ``generation``, when given) and
+        remove its files; False if none ran. The next start is a new generation."""
         with self._lock:
-            entry = self._entries.pop(ident, None)
-        if entry is None:
-            return False
+            entry = self._entries.get(ident)
+            if entry is None or generation not in (None, entry.generation):
+                return False
+            del self._entries[ident]
+            self._generations[ident] += 1
         entry.stop()
-        logger.info("keyless: config %s: last user gone, refresher stopped", ident)
+        logger.info("keyless: config %s: %s, refresher stopped", ident, reason)
         return True
 
     def stop_all(self) -> None:

@@ -11,16 +11,22 @@ agent (``ray._private.runtime_env.plugin.RuntimeEnvPlugin``, a private API: pinn
 - :meth:`validate` checks the config (schema, no inline secret); a failure becomes Ray's
   ``RuntimeEnvSetupError`` with a message naming the field.
 - :meth:`get_uris` never raises (it runs for every runtime env on the node, with or without
-  ``keyless``): ``["keyless://<config id>"]`` or ``[]``.
+  ``keyless``): ``["keyless://<config id>.<generation>"]`` or ``[]``. A config the node
+  stopped (idle, :mod:`keyless_ray.lifecycle`) has a new generation, so Ray creates it again.
 - :meth:`create` is idempotent and never blocks the agent's event loop: the work (first IdP
   fetch with retries of transient errors, token files, worker manifest) runs in an executor and
   starts or reuses the node's one refresher for that config (:class:`~keyless_ray.agent.
   NodeRegistry`).
-- :meth:`modify_context` adds only paths, ids and the marker variable to ``context.env_vars``.
-- :meth:`delete_uri` stops the refresher. Ray's per-plugin URI cache deletes an unused URI only
-  once the cache is over its size (``RAY_RUNTIME_ENV_KEYLESS_CACHE_SIZE_GB``, default 10), so
-  :meth:`create` reports each config as the whole cache size plus one byte: a config's refresher
-  is stopped as soon as its last runtime env is released, never while one is in use.
+- :meth:`modify_context` adds only paths, ids and the marker variable to ``context.env_vars``,
+  and puts :mod:`keyless_ray.bootstrap`'s ``sitecustomize`` first on the worker's
+  ``PYTHONPATH``: every Python process of the worker serves itself its own AWS identity (no
+  setup hook, no code in the task).
+- :meth:`delete_uri` stops the refresher of that generation (one of three ways it stops: the
+  watcher's idle sweep and the agent's exit are the others). Ray's per-plugin URI cache
+  deletes an unused URI only once the cache is over its size
+  (``RAY_RUNTIME_ENV_KEYLESS_CACHE_SIZE_GB``, default 10), so :meth:`create` reports each
+  config as the whole cache size plus one byte: a config's refresher is stopped as soon as its
+  last runtime env is released, never while one is in use.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ from typing import Any
 
 from ray._private.runtime_env.context import RuntimeEnvContext
 from ray._private.runtime_env.plugin import RuntimeEnvPlugin
-
-from keyless import KeylessError
+from ray._private.runtime_env.working_dir import set_pythonpath_in_context
 
 from .agent import NodeEntry, NodeRegistry, config_id, parse_runtime_env_value
+from .bootstrap import SITE_DIRECTORY
 from .names import PLUGIN_NAME, URI_SCHEME
 
 __all__ = ["KeylessPlugin", "cache_limit_bytes"]
@@ -43,7 +49,7 @@ __all__ = ["KeylessPlugin", "cache_limit_bytes"]
 _module_logger = logging.getLogger("keyless_ray.plugin")
 
 #: The registry of the agent process (one per node).
-_REGISTRY = NodeRegistry()
+_REGISTRY = NodeRegistry(watch=True)
 
 
 def cache_limit_bytes(environ: dict[str, str] | None = None) -> int:
@@ -84,7 +90,7 @@ class KeylessPlugin(RuntimeEnvPlugin):
             value = _value(runtime_env)
             if value is None:
                 return []
-            return [URI_SCHEME + config_id(parse_runtime_env_value(value))]
+            return [self.registry.uri(config_id(parse_runtime_env_value(value)))]
         except Exception:  # an exception here would fail every env on the node
             return []
 
@@ -106,20 +112,24 @@ class KeylessPlugin(RuntimeEnvPlugin):
         value = _value(runtime_env)
         if value is None:
             return
-        ident = config_id(parse_runtime_env_value(value))
+        config = parse_runtime_env_value(value)
+        ident = config_id(config)
         entry = self.registry.get(ident)
-        if entry is None:
-            raise KeylessError(f"ray-keyless: config {ident} has no refresher on this node "
-                               "(create did not run or its URI was deleted); fix: retry the "
-                               "task, and report this if it persists")
+        if entry is None:  # stopped as idle after Ray looked up its URI: start it again here
+            logger.info("keyless: config %s was stopped as idle just now; starting it again",
+                        ident)
+            entry = self.registry.ensure(config)
+        self.registry.prepared(ident)
         context.env_vars.update(entry.env_vars())
+        set_pythonpath_in_context(str(SITE_DIRECTORY), context)
         logger.info("keyless: config %s: worker variables set (paths and ids only)", ident)
 
     def delete_uri(self, uri: str, logger: logging.Logger = _module_logger) -> float:
         """Stop the refresher of ``uri``'s config; returns the size given back to the cache."""
-        if not uri.startswith(URI_SCHEME):
+        ident, _, generation = uri.removeprefix(URI_SCHEME).partition(".")
+        if not uri.startswith(URI_SCHEME) or not generation.isdigit():
             return 0
-        released = self.registry.release(uri.removeprefix(URI_SCHEME))
+        released = self.registry.release(ident, int(generation))
         logger.info("keyless: %s deleted (refresher %s)", uri,
                     "stopped" if released else "already gone")
         return float(cache_limit_bytes() + 1)

@@ -19,7 +19,6 @@ Every helper is lazy and cached per process and per context. Without the plugin 
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import sys
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keyless import ConfigError, Keyless, WorkerContext
-from keyless.delivery import ENDPOINT_SHADOWED_VARIABLES
 from keyless.host import ProcessCache
 
 from .names import MANIFEST_VARIABLE, MARKER_VARIABLE, PLUGIN_SETTING, missing_plugin_message
@@ -37,15 +35,13 @@ from .names import MANIFEST_VARIABLE, MARKER_VARIABLE, PLUGIN_SETTING, missing_p
 if TYPE_CHECKING:
     import boto3
 
-    from keyless.delivery.credential_server import CredentialServer
 
-__all__ = ["boto3_session", "credential_endpoint", "flush_audit", "google_credentials",
-           "identity", "setup", "token", "worker_context"]
+__all__ = ["boto3_session", "flush_audit", "google_credentials", "identity", "setup", "token",
+           "worker_context"]
 
 _lock = threading.Lock()
 #: This worker process's identities, per (config, token file, worker context).
 _identities: ProcessCache[tuple[str, str, WorkerContext], Keyless] = ProcessCache(1024)
-_servers: dict[tuple[str, WorkerContext], CredentialServer] = {}
 
 
 def _manifest(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -158,32 +154,6 @@ def token(audience: str | None = None) -> str:
     """The current subject token (the JWT) for ``audience`` (default: the config's first).
     Hand it only to the party it is meant for."""
     return identity(None, audience=audience).token()
-
-
-def credential_endpoint() -> dict[str, str]:
-    """Serve this worker's AWS credentials on a loopback container-credentials endpoint and
-    point this process's environment at it (for pyarrow ``S3FileSystem()`` and other
-    consumers that never refresh static keys). Returns the variables set (a URL and paths);
-    the web-identity variables are removed from ``os.environ`` since SDKs try them first.
-    Idempotent per worker context; the endpoint lives as long as the worker."""
-    from keyless.delivery import TokenDirectory, endpoint_environment
-    from keyless.delivery.credential_server import CredentialServer
-
-    aws = identity("aws")
-    key = (str(_manifest()["id"]), aws.context)
-    with _lock:
-        server = _servers.get(key)
-        if server is None:
-            directory = TokenDirectory()
-            server = CredentialServer(aws, token_dir=directory).start()
-            atexit.register(directory.cleanup)
-            atexit.register(server.stop)
-            _servers[key] = server
-    env = endpoint_environment(aws, server.env())
-    for name in ENDPOINT_SHADOWED_VARIABLES:
-        os.environ.pop(name, None)
-    os.environ.update(env)
-    return env
 
 
 def setup() -> None:

@@ -35,7 +35,10 @@ The credentials behind it are refreshed by botocore at the refresher's fraction 
 so by the time a client comes back less than 25 % is left and it gets a new set.
 
 No request header is ever logged; one ``issue`` audit event is emitted per credential set
-served (identified by the sha256 fingerprint of the access key id), not per request.
+served (identified by the sha256 fingerprint of the access key id), not per request. The
+server is a :class:`~keyless.delivery.loopback.LoopbackHttpServer`: a connection that does not
+send its whole request within the request timeout (10 s) is closed, at most 32 connections
+are served at once (one more gets 503), and a request body is never read.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -139,14 +142,19 @@ class CredentialServer:
     0600 into ``token_dir`` on :meth:`start` and removed on :meth:`stop`. ``credentials``
     (tests) replaces ``identity.aws().credentials()``: any botocore ``RefreshableCredentials``.
     ``launch`` makes it serve each calling process of that launch its own identity (module
-    docstring); without one every authorized caller gets ``identity``'s own.
+    docstring); ``context_of`` (an endpoint inside the process it serves: a Ray worker)
+    gives the context to serve at each request, so a context that changes after the start (Ray
+    connected, a Ray Train rank assigned) is served its own session. Without either, every
+    authorized caller gets ``identity``'s own.
     """
 
     def __init__(self, identity: Keyless, *, host: str = "127.0.0.1", port: int = 0,
                  token_dir: TokenDirectory, credentials: Any = None,
-                 launch: Launch | None = None) -> None:
+                 launch: Launch | None = None,
+                 context_of: Callable[[], WorkerContext] | None = None) -> None:
         self.identity = identity
         self.launch = launch
+        self.context_of = context_of
         self.host = host
         self.port = port
         self.token_dir = token_dir
@@ -204,6 +212,8 @@ class CredentialServer:
                        server: tuple[str, int]) -> WorkerContext | None:
         """The worker context to serve the connection ``client`` -> ``server`` (None: this
         identity's own); raises :class:`CallerRefused` for a process not of the launch."""
+        if self.context_of is not None:
+            return self.context_of()
         if self.launch is None:
             return None
         return self.launch.caller(client, server, self.identity.context)
