@@ -242,6 +242,181 @@ def test_a_node_added_mid_job_serves_and_a_removed_node_takes_its_files(
     leak_guard.add(json.dumps([before, after]))
 
 
+@ray.remote(num_cpus=0)
+def data_pipeline(base: str, rounds: int, pause: float) -> list[int]:
+    """A Ray Data pipeline as a user writes it (``s3://`` paths, pyarrow's own S3 client,
+    nothing about credentials): write a dataset, read it back, several rounds."""
+    import ray.data
+
+    totals = []
+    for round_ in range(rounds):
+        data = ray.data.range(400, override_num_blocks=8).map_batches(
+            lambda batch: {"id": batch["id"], "square": batch["id"] ** 2})
+        data.write_parquet(f"{base}/round-{round_}")
+        totals.append(int(ray.data.read_parquet(f"{base}/round-{round_}").sum("square")))
+        time.sleep(pause)
+    return totals
+
+
+def _sessions(federation: Federation, since: int, prefix: str) -> list[str]:
+    return [a["session_name"] for a in federation.aws.front.accepted[since:]
+            if a["session_name"].startswith(prefix)]
+
+
+def test_ray_data_reads_and_writes_s3_across_rollovers_on_several_nodes(
+        multinode: MultiNode, federation: Federation, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    aws = federation.aws
+    aws.front.max_session_seconds = 4  # STS sessions roll over every few seconds
+    tag = uuid.uuid4().hex[:4]
+    env = {"keyless": keyless_env(federation, tmp_path, client_id=SHORT_LIVED,
+                                  session_name=f"d{tag}-{{node}}-{{task_id}}")}
+    since = len(aws.front.accepted)
+    ray.init(address=multinode.cluster.address, runtime_env=env, logging_level="WARNING",
+             configure_logging=False)
+    try:
+        totals = ray.get(data_pipeline.remote(
+            f"s3://{aws.bucket}/{federation.prefix}data", rounds=5, pause=2.0), timeout=600)
+    finally:
+        ray.shutdown()
+    assert totals == [sum(i * i for i in range(400))] * 5
+    sessions = _sessions(federation, since, f"d{tag}-")
+    nodes = {name.split("-")[1] for name in sessions}
+    assert len(nodes) >= 2, f"the pipeline ran on one node only: {sorted(set(sessions))}"
+    rolled = max(sessions.count(name) for name in set(sessions))
+    assert rolled >= 3, f"no worker went through two rollovers ({rolled} sessions at most)"
+    writes = [f for f in aws.front.forwarded if f["service"] == "s3"
+              and f["session_name"].startswith(f"d{tag}-") and f["method"] == "PUT"]
+    assert writes and all(f["status"] == 200 for f in writes)
+    assert aws.front.expired_uses == []
+
+
+@ray.remote(num_cpus=0)
+def fit(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``TorchTrainer(...).fit()`` from a task with the job's runtime env (as a submitted job's
+    driver would run it); returns where the last checkpoint went."""
+    from ray.train.torch import TorchTrainer
+
+    result = TorchTrainer(**trainer_kwargs).fit()
+    return {"checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "error": repr(result.error) if result.error else None}
+
+
+def checkpointing_loop(config: dict[str, Any]) -> None:
+    """Train and checkpoint every step for a while: Ray Train uploads each checkpoint to the
+    run's ``s3://`` storage with pyarrow, whatever the credentials did meanwhile."""
+    import tempfile as temp
+
+    import torch
+
+    model = torch.nn.Linear(4, 1)
+    for step in range(config["steps"]):
+        with temp.TemporaryDirectory() as directory:
+            torch.save({"step": step, "model": model.state_dict()},
+                       os.path.join(directory, "model.pt"))
+            ray.train.report({"step": step},
+                             checkpoint=ray.train.Checkpoint.from_directory(directory))
+        time.sleep(config["pause"])
+
+
+def test_ray_train_checkpoints_upload_to_s3_after_rollovers(
+        multinode: MultiNode, federation: Federation, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    aws = federation.aws
+    aws.front.max_session_seconds = 4
+    tag = uuid.uuid4().hex[:4]
+    env = {"keyless": keyless_env(federation, tmp_path, client_id=SHORT_LIVED,
+                                  session_name=f"c{tag}-{{node}}-{{task_id}}")}
+    since = len(aws.front.accepted)
+    ray.init(address=multinode.cluster.address, runtime_env=env, logging_level="WARNING",
+             configure_logging=False)
+    try:
+        outcome = ray.get(fit.remote({
+            "train_loop_per_worker": checkpointing_loop,
+            "train_loop_config": {"steps": 6, "pause": 2.0},
+            "torch_config": TorchConfig(backend="gloo"),
+            "scaling_config": ScalingConfig(num_workers=2, use_gpu=False,
+                                            resources_per_worker={"CPU": 4}),
+            "run_config": RunConfig(storage_path=f"s3://{aws.bucket}/{federation.prefix}runs",
+                                    name="checkpoints")}), timeout=900)
+    finally:
+        ray.shutdown()
+    assert outcome["error"] is None, outcome["error"]
+    assert outcome["checkpoint"] and "checkpoint" in outcome["checkpoint"]
+    uploads = [f for f in aws.front.forwarded if f["service"] == "s3" and f["method"] == "PUT"
+               and f["session_name"].startswith(f"c{tag}-")]
+    assert uploads and all(f["status"] == 200 for f in uploads), "a checkpoint upload failed"
+    sessions = _sessions(federation, since, f"c{tag}-")
+    late = {f["access_key_id"] for f in uploads}
+    assert len(late) >= 3, f"uploads used {len(late)} credential sets: no rollover in between"
+    assert len({name.split("-")[1] for name in sessions}) >= 2, "the ranks shared one node"
+    assert aws.front.expired_uses == []
+
+
+def rank_reads_its_shard(config: dict[str, Any]) -> None:
+    """Plain boto3 in each rank: its shard, then the next rank's (denied by its policy)."""
+    import boto3
+    from botocore.config import Config
+
+    rank = ray.train.get_context().get_world_rank()
+    s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path"},
+                                          retries={"total_max_attempts": 1}))
+    prefix = config["prefix"]
+    body = s3.get_object(Bucket=config["bucket"], Key=f"{prefix}shards/{rank}/part")
+    other = (rank + 1) % 4
+    try:
+        s3.get_object(Bucket=config["bucket"], Key=f"{prefix}shards/{other}/part")
+        denied = ""
+    except Exception as exc:
+        denied = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+    arn = boto3.client("sts").get_caller_identity()["Arn"]
+    Path(config["out"], f"rank-{rank}.json").write_text(json.dumps({
+        "body": body["Body"].read().decode(), "denied": denied,
+        "session": arn.rsplit("/", 1)[1], "node": ray.get_runtime_context().get_node_id()}))
+
+
+def test_four_ranks_on_two_nodes_each_confined_to_its_shard(
+        multinode: MultiNode, federation: Federation, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    aws = federation.aws
+    for rank in range(4):
+        aws.put_object(aws.bucket, f"{federation.prefix}shards/{rank}/part", f"shard-{rank}")
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{aws.bucket}/{federation.prefix}shards/{{rank}}/*"}]}
+    value = keyless_env(federation, tmp_path, session_name="rk-r{rank}-{node}",
+                        session_policy=policy)
+    out = tmp_path / "out"
+    out.mkdir()
+    ray.init(address=multinode.cluster.address, logging_level="WARNING",
+             configure_logging=False)
+    try:
+        TorchTrainer(
+            rank_reads_its_shard,
+            train_loop_config={"bucket": aws.bucket, "prefix": federation.prefix,
+                               "out": str(out)},
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(num_workers=4, use_gpu=False,
+                                         resources_per_worker={"CPU": 2}),
+            run_config=RunConfig(storage_path=str(tmp_path / "runs"), name="ranks",
+                                 worker_runtime_env={"keyless": value})).fit()
+    finally:
+        ray.shutdown()
+    results = {rank: json.loads((out / f"rank-{rank}.json").read_text()) for rank in range(4)}
+    for rank, result in results.items():
+        assert result["body"] == f"shard-{rank}"
+        assert result["denied"] == "AccessDenied"
+        assert result["session"] == f"rk-r{rank}-{result['node'][:12]}"
+    assert len({r["session"] for r in results.values()}) == 4
+    assert len({r["node"] for r in results.values()}) == 2
+
+
 def test_no_secret_or_token_in_any_nodes_logs(multinode: MultiNode, federation: Federation,
                                               leak_guard: LeakGuard) -> None:
     logs = multinode.log_text()
