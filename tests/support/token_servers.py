@@ -48,7 +48,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.support.idp import ReferenceIdP
 
-__all__ = ["DatabricksLike", "EntraLike", "Federation", "Refusal", "Rfc8693Server",
+__all__ = ["DatabricksLike", "EntraLike", "Federation", "Grant", "Refusal", "Rfc8693Server",
            "TokenServer", "databricks_server", "entra_server", "rfc8693_server"]
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -266,8 +266,20 @@ _AADSTS = {"iss": ("700211", "No matching federated identity record found for pr
            "signature": ("50013", "Assertion failed signature validation")}
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What an access token :class:`EntraLike` issued was for: ``subject`` (the assertion's
+    ``sub``), ``scope`` as requested, and when it expires (epoch seconds)."""
+
+    subject: str
+    scope: str
+    expires_at: float
+
+
 class EntraLike(TokenServer):
-    """An Entra ID token endpoint for federated client assertions (HTTPS)."""
+    """An Entra ID token endpoint for federated client assertions (HTTPS). ``grants`` maps
+    each access token it issued to its :class:`Grant`, so a resource server can check the
+    audience and expiry of a bearer (:meth:`grant_for`)."""
 
     ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -275,6 +287,17 @@ class EntraLike(TokenServer):
         super().__init__(tls=True, expires_in=expires_in)
         self.apps: dict[tuple[str, str], list[Federation]] = {}
         self.scopes: list[str] = []
+        self.grants: dict[str, Grant] = {}
+
+    def grant_for(self, headers: dict[str, str], scope: str) -> Grant | None:
+        """The grant of a valid ``Authorization: Bearer`` token issued for ``scope`` and not
+        expired, else None."""
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        with self._lock:
+            grant = self.grants.get(token) if scheme.lower() == "bearer" else None
+        if grant is None or grant.scope != scope or time.time() >= grant.expires_at:
+            return None
+        return grant
 
     def register(self, tenant: str, client_id: str, *, issuer: str, subject: str,
                  audience: str = "api://AzureADTokenExchange") -> None:
@@ -308,6 +331,9 @@ class EntraLike(TokenServer):
         with self._lock:
             self.scopes.append(form.get("scope", ""))
         token = self.mint(str(claims.get("sub")))
+        with self._lock:
+            self.grants[token] = Grant(str(claims.get("sub")), form.get("scope", ""),
+                                       time.time() + self.expires_in)
         return _json(200, {"token_type": "Bearer", "expires_in": self.expires_in,
                            "ext_expires_in": self.expires_in, "access_token": token})
 

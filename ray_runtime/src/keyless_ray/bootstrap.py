@@ -6,8 +6,12 @@ The plugin puts :data:`SITE_DIRECTORY` first on the worker's ``PYTHONPATH``; its
 job-level runtime env) and the task's code changes nothing: with a ``target.aws``, the process
 serves itself its own AWS identity (:func:`credential_endpoint`), which boto3, pyarrow's
 ``S3FileSystem`` (Ray Data, Ray Train storage) and the AWS CLI read through the standard
-container-credentials variables, refreshed for as long as the process lives. Targets other than
-AWS keep the node's token files and their SDKs' own variables.
+container-credentials variables, refreshed for as long as the process lives. With a
+``target.azure`` (unless ``delivery.azure: token_file``), the process likewise serves itself
+Azure access tokens on a loopback managed-identity endpoint (:func:`azure_endpoint`), which
+azure-identity's ``DefaultAzureCredential`` reads at any subject-token lifetime (it re-reads
+``AZURE_FEDERATED_TOKEN_FILE`` only every 600 s). Other targets keep the node's token files
+and their SDKs' own variables.
 """
 
 from __future__ import annotations
@@ -24,22 +28,58 @@ from .names import MANIFEST_VARIABLE
 from .worker import _manifest, identity, worker_context
 
 if TYPE_CHECKING:
+    from keyless.delivery.azure_endpoint import AzureEndpoint
     from keyless.delivery.credential_server import CredentialServer
 
-__all__ = ["SITE_DIRECTORY", "credential_endpoint", "start"]
+__all__ = ["SITE_DIRECTORY", "azure_endpoint", "credential_endpoint", "start"]
 
 #: The directory holding keyless_ray's ``sitecustomize`` (see the module docstring).
 SITE_DIRECTORY = Path(__file__).resolve().parent / "site"
 
 _lock = threading.Lock()
 _servers: dict[str, CredentialServer] = {}
+_azure_servers: dict[str, AzureEndpoint] = {}
 
 
 def start() -> None:
     """Serve this process's AWS identity (:func:`credential_endpoint`) when its runtime env's
-    config has a ``target.aws``; nothing otherwise."""
-    if "aws" in _manifest().get("targets", {}):
+    config has a ``target.aws``, and its Azure identity (:func:`azure_endpoint`) when it has a
+    ``target.azure`` delivered through the endpoint (the default); nothing otherwise."""
+    manifest = _manifest()
+    targets = manifest.get("targets", {})
+    if "aws" in targets:
         credential_endpoint()
+    delivery = manifest.get("config", {}).get("delivery") or {}
+    if "azure" in targets and delivery.get("azure", "endpoint") == "endpoint":
+        azure_endpoint()
+
+
+def azure_endpoint() -> dict[str, str]:
+    """Serve this process's Azure tokens on a loopback managed-identity endpoint
+    (:class:`keyless.delivery.azure_endpoint.AzureEndpoint`) and point its environment at it:
+    ``IDENTITY_ENDPOINT``, ``IDENTITY_HEADER`` (the endpoint's capability, for this process
+    and the ones it starts), ``AZURE_CLIENT_ID``, ``AZURE_TENANT_ID``; the federated-token
+    file and the variables that would select another managed-identity protocol are removed
+    from ``os.environ``. The endpoint exchanges the node's fresh subject token itself, one
+    cached access token per resource. One endpoint per config per process, living as long as
+    the process; calling it again is a no-op. Returns the variables set."""
+    from keyless.delivery.azure_endpoint import (
+        AZURE_ENDPOINT_SHADOWED_VARIABLES,
+        AzureEndpoint,
+    )
+
+    key = str(_manifest()["id"])
+    with _lock:
+        server = _azure_servers.get(key)
+        if server is None:
+            server = AzureEndpoint(identity("azure")).start()
+            atexit.register(server.stop)
+            _azure_servers[key] = server
+    env = server.env()
+    for name in AZURE_ENDPOINT_SHADOWED_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    return env
 
 
 def credential_endpoint() -> dict[str, str]:

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="give CMD a loopback AWS credential endpoint instead of web identity "
                           "(automatic when the AWS target differs per rank or worker: a "
                           "session policy, policy ARNs, {rank} {local_rank} {node} templates)")
+    run.add_argument("--gcp-metadata", action="store_true",
+                     help="also serve the GCP target's token on a loopback GCE-metadata-"
+                          "compatible endpoint (GCE_METADATA_HOST) for consumers that know "
+                          "only the metadata server")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                      help="the command and its arguments (after --, all of them are its own)")
 
@@ -197,7 +201,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         child_env = with_startup_retries(identity, "keyless exec", lambda: stack.enter_context(
             child_environment(identity, token_dir=args.token_dir,
                               credential_endpoint=args.credential_endpoint,
-                              expect_start=True)))
+                              gcp_metadata=args.gcp_metadata, expect_start=True)))
         try:
             child = subprocess.Popen(argv, env=child_env.env)
         except OSError as exc:

@@ -81,10 +81,18 @@ class AuditSpec(_Spec):
 
 
 class DeliverySpec(_Spec):
-    """Token files for unmodified code and subprocesses."""
+    """Token files and loopback endpoints for unmodified code and subprocesses."""
 
     token_dir: str | None = Field(
         default=None, description="0700 directory for token files (default: a private temp dir).")
+    azure: Literal["endpoint", "token_file"] = Field(
+        default="endpoint",
+        description="How a child (keyless exec, worker_env(), a Ray worker) gets target.azure. "
+                    "endpoint: a loopback managed-identity endpoint (IDENTITY_ENDPOINT, "
+                    "IDENTITY_HEADER) that exchanges fresh subject tokens itself, at any "
+                    "lifetime. token_file: AZURE_FEDERATED_TOKEN_FILE, which azure-identity "
+                    "re-reads only every 600 s: subject tokens living less than 10 minutes "
+                    "then fail with AADSTS700024.")
 
     @model_validator(mode="after")
     def _token_dir_on_a_real_filesystem(self) -> DeliverySpec:

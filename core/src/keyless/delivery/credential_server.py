@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import logging
 import secrets
 import threading
@@ -64,7 +63,7 @@ from ..identity import Keyless
 from ..secret import Secret, fingerprint
 from .files import write_private_file
 from .launch import CallerRefused, Launch
-from .loopback import LoopbackHttpServer, QuietHandler
+from .loopback import LoopbackHttpServer, QuietHandler, socket_address
 from .tokenfiles import TokenDirectory
 
 __all__ = ["CREDENTIALS_PATH", "MAX_MARGIN_SECONDS", "MARGIN_FRACTION", "CredentialServer",
@@ -250,11 +249,6 @@ class CredentialServer:
             context=context.as_dict()))
 
 
-def _address(address: Any) -> tuple[str, int]:
-    """``(host, port)`` of a socket address (IPv6 ones have four fields)."""
-    return str(address[0]), int(address[1])
-
-
 def _handler_for(server: CredentialServer) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietHandler):
         server_version = "keyless-credentials"
@@ -264,12 +258,7 @@ def _handler_for(server: CredentialServer) -> type[BaseHTTPRequestHandler]:
             self.send_json(status, {"code": code, "message": f"credential-server: {message}"})
 
         def do_GET(self) -> None:
-            peer = str(self.client_address[0])
-            try:
-                local_peer = ipaddress.ip_address(peer.split("%")[0]).is_loopback
-            except ValueError:
-                local_peer = False
-            if not local_peer:
+            if not self.peer_is_loopback():
                 self._refuse(HTTPStatus.FORBIDDEN, "Forbidden", "loopback clients only")
                 return
             if self.path.split("?")[0] != CREDENTIALS_PATH:
@@ -285,8 +274,8 @@ def _handler_for(server: CredentialServer) -> type[BaseHTTPRequestHandler]:
                 self._refuse(HTTPStatus.FORBIDDEN, "Forbidden", "wrong authorization token")
                 return
             try:
-                context = server.caller_context(_address(self.client_address),
-                                                _address(self.server.server_address))
+                context = server.caller_context(socket_address(self.client_address),
+                                                socket_address(self.server.server_address))
             except CallerRefused as refused:
                 logger.warning("keyless: credential endpoint refused a caller: %s",
                                refused.message)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import json
 import re
 import socket
@@ -34,13 +35,18 @@ from ..config import is_loopback
 from ..errors import ConfigError, KeylessError
 
 __all__ = ["MAX_CONNECTIONS", "REQUEST_TIMEOUT_SECONDS", "BodyRefused", "LoopbackHttpServer",
-           "LoopbackService", "QuietHandler", "is_loopback"]
+           "LoopbackService", "QuietHandler", "is_loopback", "socket_address"]
 
 #: Default seconds a client has to send a whole request (see the module docstring).
 REQUEST_TIMEOUT_SECONDS = 10.0
 #: Default number of connections served at once (see the module docstring).
 MAX_CONNECTIONS = 32
 _DIGITS = re.compile(r"[0-9]+")
+
+
+def socket_address(address: Any) -> tuple[str, int]:
+    """``(host, port)`` of a socket address (IPv6 ones have four fields)."""
+    return str(address[0]), int(address[1])
 
 
 def _handle_error(server: ThreadingHTTPServer, request: object,
@@ -291,6 +297,15 @@ class QuietHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
+
+    def peer_is_loopback(self) -> bool:
+        """Whether the client's address is a loopback one (the servers bind loopback only:
+        a second lock, kept where credentials are served)."""
+        peer = str(self.client_address[0])
+        try:
+            return ipaddress.ip_address(peer.split("%")[0]).is_loopback
+        except ValueError:
+            return False
 
     def read_body(self, limit: int) -> bytes:
         """The request body, ``Content-Length`` bytes (no header: empty; a client that closes

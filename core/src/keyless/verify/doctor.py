@@ -19,7 +19,8 @@ JWKS key's ``alg`` or one the issuer advertises), signature (against the JWKS; a
 JWKS publishes more than once is named as the likely cause), iss (equals the discovery
 document's ``issuer``), aud (``--audience`` or the config's target audience), time
 (exp/nbf/iat against the local clock with leeway; a future ``iat`` is reported as clock skew),
-lifetime (long enough to refresh ahead of expiry), exchange (``--config``: each target's dry
+lifetime (long enough to refresh ahead of expiry; with ``delivery.azure: token_file``, at
+least azure-identity's 600 s file re-read), exchange (``--config``: each target's dry
 run from :mod:`keyless.targets.registry`, e.g. AssumeRoleWithWebIdentity through
 ``Keyless(config).aws().credentials()``).
 
@@ -53,8 +54,8 @@ from .verifier import (
     unverified_parts,
 )
 
-__all__ = ["CHECK_NAMES", "REFRESH_MARGIN_SECONDS", "Check", "configured_issuer", "diagnose",
-           "target_audience"]
+__all__ = ["AZURE_FILE_REREAD_SECONDS", "CHECK_NAMES", "REFRESH_MARGIN_SECONDS", "Check",
+           "azure_file_problem", "configured_issuer", "diagnose", "target_audience"]
 
 #: Every check, in the order a report lists them; docs/troubleshooting.md has a row for each.
 CHECK_NAMES = ("token", "discovery", "clock", "alg", "signature", "iss", "aud", "time",
@@ -63,6 +64,9 @@ CHECK_NAMES = ("token", "discovery", "clock", "alg", "signature", "iss", "aud", 
 #: Time a token must still have at exchange for a refresh ahead of expiry to be possible
 #: (mandatory refresh window + leeway); a lifetime under twice this is a warning.
 REFRESH_MARGIN_SECONDS = 60.0
+#: azure-identity's ``WorkloadIdentityCredential`` re-reads ``AZURE_FEDERATED_TOKEN_FILE`` at
+#: most this often (Azure/azure-sdk-for-python#44488).
+AZURE_FILE_REREAD_SECONDS = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +154,7 @@ def diagnose(token: str | None, *, token_origin: str, token_problem: str | None 
              f"aud={claims.get('aud')!r} includes {expected!r}")
     else:
         report.add("aud", "skip", "no expected audience; fix: pass --audience")
-    _times(report, claims, clock.time(), leeway_seconds, skew)
+    _times(report, claims, clock.time(), leeway_seconds, skew, identity)
     _exchange(report, identity)
     return report.checks
 
@@ -298,8 +302,23 @@ def _iss(report: _Report, claims: dict[str, Any], document: dict[str, Any] | Non
          "discovery document's issuer")
 
 
+def azure_file_problem(identity: Keyless | None, lifetime: float) -> str | None:
+    """Why ``target.azure`` would fail in a child, or None: delivered as the federated-token
+    file (``delivery.azure: token_file``) with subject tokens living under
+    :data:`AZURE_FILE_REREAD_SECONDS`, which azure-identity waits before re-reading it."""
+    if identity is None or identity.config.target.azure is None \
+            or identity.config.delivery.azure != "token_file" \
+            or lifetime >= AZURE_FILE_REREAD_SECONDS:
+        return None
+    return (f"target.azure is delivered as AZURE_FEDERATED_TOKEN_FILE and the subject token "
+            f"lives {lifetime:.0f} s: azure-identity re-reads that file only every "
+            f"{AZURE_FILE_REREAD_SECONDS:.0f} s, so after {lifetime:.0f} s a child presents "
+            "an expired assertion (AADSTS700024); fix: use the loopback managed-identity "
+            "endpoint (delivery.azure: endpoint, the default)")
+
+
 def _times(report: _Report, claims: dict[str, Any], now: float, leeway: float,
-           skew: float | None) -> None:
+           skew: float | None, identity: Keyless | None = None) -> None:
     def check() -> None:
         try:
             check_times(claims, now, leeway, "doctor")
@@ -320,10 +339,14 @@ def _times(report: _Report, claims: dict[str, Any], now: float, leeway: float,
         report.skip("lifetime", "time check failed")
         return
     lifetime, remaining = exp - iat, exp - now
+    azure = azure_file_problem(identity, lifetime)
     if lifetime < 2 * REFRESH_MARGIN_SECONDS or remaining < REFRESH_MARGIN_SECONDS:
         report.add("lifetime", "warn", f"lifetime {lifetime:.0f} s, {remaining:.0f} s left: "
                    f"under 2 x {REFRESH_MARGIN_SECONDS:.0f} s leaves no room to refresh ahead "
-                   "of expiry; fix: issue tokens that live at least 5 minutes")
+                   "of expiry; fix: issue tokens that live at least 5 minutes"
+                   + (f"; and {azure}" if azure else ""))
+    elif azure is not None:
+        report.add("lifetime", "warn", azure)
     else:
         report.add("lifetime", "ok", f"lifetime {lifetime:.0f} s")
 
