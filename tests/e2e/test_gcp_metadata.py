@@ -128,9 +128,9 @@ def test_keyless_exec_gcp_metadata_serves_the_launch_and_refuses_others(
     env["HOME"] = "/nonexistent"
     child = subprocess.run(
         [sys.executable, "-m", "keyless", "exec", "--gcp-metadata", "--config", str(spec), "--",
-         "bash", "-c",  # a consumer that never reads the external_account file; an outsider
-         'env -u GOOGLE_APPLICATION_CREDENTIALS "$0" -c "$1" "$2" 6 && '
-         'env -u KEYLESS_LAUNCH_ID "$0" -c "$3"', sys.executable, GOOGLE_AUTH_CHILD,
+         "bash", "-c",  # google-auth finds only the metadata server; then an outsider
+         '"$0" -c "$1" "$2" 6 && env -u KEYLESS_LAUNCH_ID "$0" -c "$3"', sys.executable,
+         GOOGLE_AUTH_CHILD,
          sts.object_url(BUCKET, "shard-0.bin"), outsider],
         env=env, capture_output=True, text=True, timeout=180)
     leak_guard.add(child.stdout, child.stderr)
@@ -138,6 +138,55 @@ def test_keyless_exec_gcp_metadata_serves_the_launch_and_refuses_others(
     assert f"project=proj-test email={SA}" in child.stdout
     assert child.stdout.strip().splitlines()[-1] == "403"  # not of the launch
     assert sts.impersonations >= 2 and sts.expired_uses == 0
+
+
+RANK_CHILD = """
+import os, sys
+import google.auth
+from google.auth.transport.requests import AuthorizedSession
+rank = os.environ["RANK"]
+session = AuthorizedSession(google.auth.default()[0])
+for _ in range(4):
+    assert session.get(sys.argv[1].format(rank=rank)).status_code == 200
+other = session.get(sys.argv[1].format(rank=1 - int(rank))).status_code
+print(f"rank={rank} other={other}")
+"""
+
+
+def test_each_rank_gets_its_own_access_boundary_through_the_endpoint(
+        reference_idp: ReferenceIdP, sts: GcpSts, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    """Ranks started under one `keyless exec --gcp-metadata` (RANK per process, as torchrun
+    sets it) each get a token downscoped to their own shard; a process without a rank gets 403
+    instead of the whole principal's token."""
+    boundary = {"accessBoundaryRules": [{
+        "availableResource": f"//storage.googleapis.com/projects/_/buckets/{BUCKET}",
+        "availablePermissions": ["inRole:roles/storage.objectViewer"],
+        "availabilityCondition": {"expression": "resource.name.startsWith("
+                                  f"'projects/_/buckets/{BUCKET}/objects/shards/{{rank}}/')"}}]}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(config(reference_idp, sts, access_boundary=boundary)))
+    url = sts.object_url(BUCKET, "shards/RANK/a.bin").replace("RANK", "{rank}")
+    rankless = ("import os, urllib.request, urllib.error\n"
+                "request = urllib.request.Request('http://' + os.environ['GCE_METADATA_HOST'] + "
+                "'/computeMetadata/v1/instance/service-accounts/default/token', "
+                "headers={'Metadata-Flavor': 'Google'})\n"
+                "try:\n    urllib.request.urlopen(request)\n    print('rankless=200')\n"
+                "except urllib.error.HTTPError as error:\n    print(f'rankless={error.code}')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCE_"))}
+    env["HOME"] = "/nonexistent"
+    child = subprocess.run(
+        [sys.executable, "-m", "keyless", "exec", "--gcp-metadata", "--config", str(spec), "--",
+         "bash", "-c", 'RANK=0 "$0" -c "$1" "$2" & RANK=1 "$0" -c "$1" "$2" & wait; '
+         '"$0" -c "$3"', sys.executable, RANK_CHILD, url, rankless],
+        env=env, capture_output=True, text=True, timeout=180)
+    leak_guard.add(child.stdout, child.stderr)
+    assert child.returncode == 0, child.stderr[-2000:]
+    lines = set(child.stdout.split())
+    assert {"rank=0", "other=403", "rank=1", "rankless=403"} <= lines, child.stdout
+    assert "other=200" not in lines
+    downscoped = [a for a in sts.accepted if a["kind"] == "downscoped"]
+    assert len(downscoped) == 2  # one per rank, not per request
 
 
 def _get(server: GcpMetadataServer, path: str, **headers: str) -> httpx.Response:

@@ -37,6 +37,7 @@ __all__ = [
     "STS_SESSION_NAME_MAX",
     "fields_used",
     "render_session_name",
+    "require_ranks",
     "unresolved_rank_fields",
 ]
 
@@ -155,6 +156,27 @@ def unresolved_rank_fields(templates: Mapping[str, str | Mapping[str, Any]],
     values = context.as_dict()
     return [(field, name) for field, template in templates.items()
             for name in RANK_FIELDS if name in fields_used(template) and not values[name]]
+
+
+def require_ranks(templates: Mapping[str, str | Mapping[str, Any]],
+                  context: WorkerContext) -> None:
+    """Raise :class:`ConfigError` naming the field when a template (config field -> template)
+    names ``{rank}``/``{local_rank}`` and ``context`` has no value for it: such a template is
+    never rendered with an empty rank (nor, by a per-process endpoint, the launcher's)."""
+    unresolved = unresolved_rank_fields(templates, context)
+    if not unresolved:
+        return
+    field, name = unresolved[0]
+    process = f"process {context.pid}" if context.pid else "this process"
+    variable = {"rank": "RANK", "local_rank": "LOCAL_RANK"}[name]
+    target = field.split(".")[1] if field.count(".") >= 1 else "config"
+    raise ConfigError(
+        f"{target}: {field} uses {{{name}}}, but {process} has no {name} (no {variable} or "
+        f"KEYLESS_{variable} in its environment), and a per-rank template is never rendered "
+        f"for another rank or for none; fix: start the ranks with torchrun (under `keyless exec "
+        f"-- torchrun ...` each rank asks the loopback endpoint for its own credentials), "
+        f"Ray Train or KEYLESS_{variable} set per worker, or remove {{{name}}} from {field}",
+        field=field)
 
 
 def render_template(template: str, context: WorkerContext) -> str:

@@ -68,8 +68,8 @@ class Keyless:
         self._source: Source | None = None
         self._refreshers: dict[str, Refresher[SubjectToken]] = {}
         self._exchanges: dict[str, Any] = {}  # one per target name, built on first use
-        # other processes' AWS exchanges (aws(context=...)), by STS request, least recent first
-        self._process_exchanges: OrderedDict[tuple[str, ...], AwsExchange] = OrderedDict()
+        # other processes' exchanges (aws/gcp(context=...)), by request, least recent first
+        self._process_exchanges: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._audit_log: AuditLog | None = self._audit
 
     def __getstate__(self) -> dict[str, Any]:
@@ -222,13 +222,19 @@ class Keyless:
             exchange: AwsExchange = self._exchange("aws", lambda: build(self.context))
             return exchange
         check_ranks_resolved(target, context)
-        key = aws_request_key(target, context)
+        found: AwsExchange = self._process_exchange(
+            ("aws", *aws_request_key(target, context)), lambda: build(context))
+        return found
+
+    def _process_exchange(self, key: tuple[str, ...], build: Callable[[], Any]) -> Any:
+        """The exchange of another process's request ``key`` (made by ``build`` once; the
+        least recently used are dropped past :attr:`MAX_PROCESS_EXCHANGES`)."""
         with self._lock:
             found = self._process_exchanges.get(key)
             if found is not None:
                 self._process_exchanges.move_to_end(key)
                 return found
-        created = build(context)
+        created = build()
         with self._lock:
             found = self._process_exchanges.setdefault(key, created)
             self._process_exchanges.move_to_end(key)
@@ -317,17 +323,31 @@ class Keyless:
         return self.huggingface().token()
 
     # ------------------------------------------------------------------ GCP
-    def gcp(self) -> GcpExchange:
-        """The GCP exchange for this worker (raises ConfigError without a target.gcp)."""
+    def gcp(self, context: WorkerContext | None = None) -> GcpExchange:
+        """The GCP exchange for this worker (raises ConfigError without a target.gcp, or when
+        the access boundary names ``{rank}``/``{local_rank}`` and the worker has none);
+        ``context``: another process's, as for :meth:`aws` (its access boundary is rendered
+        from that context; contexts with the same boundary share one exchange)."""
+        from .context import render_json_template, require_ranks
         from .targets.gcp import GcpExchange
 
         target = self._target("gcp")
-        exchange: GcpExchange = self._exchange("gcp", lambda: GcpExchange(
-            target, tokens=self.subject_token, audience=self.target_audience("gcp"),
-            source_name=self.config.source.type,
-            context=self.context, policy=self.policy, audit=self.audit,
-            environ=self.environ, clock=self.clock, rng=self._random()))
-        return exchange
+
+        def build(worker: WorkerContext) -> GcpExchange:
+            return GcpExchange(
+                target, tokens=self.subject_token, audience=self.target_audience("gcp"),
+                source_name=self.config.source.type, context=worker, policy=self.policy,
+                audit=self.audit, environ=self.environ, clock=self.clock, rng=self._random())
+
+        templates = {} if target.access_boundary is None else {
+            "target.gcp.access_boundary": target.access_boundary}
+        require_ranks(templates, context or self.context)  # never a boundary for "no rank"
+        if context is None or context == self.context:
+            exchange: GcpExchange = self._exchange("gcp", lambda: build(self.context))
+            return exchange
+        key = ("gcp", *(render_json_template(t, context) for t in templates.values()))
+        found: GcpExchange = self._process_exchange(key, lambda: build(context))
+        return found
 
     def google_credentials(self) -> Any:
         """This worker's ``google.auth.credentials.Credentials`` (one token, one refresh lock,

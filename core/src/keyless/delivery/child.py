@@ -114,7 +114,7 @@ def child_environment(identity: Keyless, *, token_dir: str | None = None,
         uses_azure_endpoint,
     )
     from .credential_server import CredentialServer
-    from .gcp_metadata import GcpMetadataServer
+    from .gcp_metadata import GCP_METADATA_SHADOWED_VARIABLES, GcpMetadataServer
     from .peer import peer_support
 
     endpoint_field = aws_needs_endpoint(identity)
@@ -125,7 +125,8 @@ def child_environment(identity: Keyless, *, token_dir: str | None = None,
                     "process through the loopback credential endpoint", endpoint_field)
     directory = TokenDirectory(token_dir or identity.config.delivery.token_dir)
     use_azure = uses_azure_endpoint(identity)
-    exclude = (("aws",) if use_endpoint else ()) + (("azure",) if use_azure else ())
+    exclude = (("aws",) if use_endpoint else ()) + (("azure",) if use_azure else ()) + \
+        (("gcp",) if gcp_metadata else ())  # one path for GCP: the endpoint (per rank)
     audiences = delivery_audiences(identity, exclude=exclude)
     keeper = TokenFileKeeper(identity, directory, audiences) if audiences else None
     server: CredentialServer | None = None
@@ -160,7 +161,8 @@ def child_environment(identity: Keyless, *, token_dir: str | None = None,
             added.update(launch.environment())
         dropped = shadowing_variables(identity) + \
             (ENDPOINT_SHADOWED_VARIABLES if use_endpoint else ()) + \
-            (AZURE_ENDPOINT_SHADOWED_VARIABLES if use_azure else ())
+            (AZURE_ENDPOINT_SHADOWED_VARIABLES if use_azure else ()) + \
+            (GCP_METADATA_SHADOWED_VARIABLES if gcp_metadata else ())
         parent = (os.environ if environ is None else environ) if inherit else {}
         env = {key: value for key, value in parent.items() if key not in dropped}
         env.update(added)

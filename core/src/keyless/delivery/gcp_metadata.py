@@ -22,31 +22,38 @@ What it does not: identity tokens (``.../identity``), instance attributes, zone,
 guest attributes, wait-for-change, mTLS: those answer ``404`` with a JSON reason. As the real
 server does, it refuses a request without ``Metadata-Flavor: Google`` or with an
 ``X-Forwarded-For`` header (``403``). Unlike the real server it serves only this OS user's
-processes, and with ``launch`` only the processes of that launch (:mod:`.launch`).
+processes, and with ``launch`` only the processes of that launch (:mod:`.launch`), each with
+its own context: a ``{rank}`` in ``target.gcp.access_boundary`` is rendered for the calling
+rank (``RANK`` in its environment), and a caller without a rank is refused (403), as the AWS
+endpoint does. Under ``keyless exec --gcp-metadata`` the endpoint is the child's one GCP path:
+no external_account file is written and ``GOOGLE_APPLICATION_CREDENTIALS`` is dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..audit import AuditEvent
+from ..context import WorkerContext
 from ..errors import ConfigError, KeylessError
 from ..identity import Keyless
 from ..secret import fingerprint
 from .launch import CallerRefused, Launch
 from .loopback import LoopbackHttpServer, QuietHandler, socket_address
 
-__all__ = ["UNIVERSE_DOMAIN", "GcpMetadataServer"]
+__all__ = ["GCP_METADATA_SHADOWED_VARIABLES", "UNIVERSE_DOMAIN", "GcpMetadataServer"]
 
 logger = logging.getLogger("keyless.delivery.gcp_metadata")
 
 UNIVERSE_DOMAIN = "googleapis.com"
+#: Dropped from a child served by the endpoint: google-auth tries an ADC file before the
+#: metadata server, and the endpoint is the one GCP path there (it applies a per-rank boundary).
+GCP_METADATA_SHADOWED_VARIABLES = ("GOOGLE_APPLICATION_CREDENTIALS",)
 _ROOT = "/computeMetadata/v1/"
 _ACCOUNT = re.compile(r"^instance/service-accounts/([^/]+)/?(email|scopes|token|identity)?$")
 _PROJECT_NUMBER = re.compile(r"^//iam\.googleapis\.com/projects/(\d+)/")
@@ -118,9 +125,11 @@ class GcpMetadataServer:
         found = _PROJECT_NUMBER.match(self.target.audience)
         return found.group(1) if found else None
 
-    def token_document(self) -> dict[str, Any]:
-        """``{"access_token", "expires_in", "token_type"}`` for the current access token."""
-        token, expires_at = self.identity.gcp().access_token()
+    def token_document(self, context: WorkerContext | None = None) -> dict[str, Any]:
+        """``{"access_token", "expires_in", "token_type"}`` for the current access token of
+        ``context``'s exchange (default: the identity's own; a ``{rank}`` access boundary is
+        rendered for the calling rank)."""
+        token, expires_at = self.identity.gcp(context).access_token()
         shown = fingerprint(token)
         if shown != self._served:
             self._served = shown
@@ -128,12 +137,15 @@ class GcpMetadataServer:
             self.identity.audit.emit(AuditEvent(
                 kind="issue", source=self.identity.config.source.type, target="gcp-metadata",
                 outcome="ok", exp=expires_at, token_sha256=shown,
-                principal=self.target.service_account, context=self.identity.context.as_dict()))
+                principal=self.target.service_account,
+                context=(context or self.identity.context).as_dict()))
         expires_in = max(int(expires_at - self.identity.clock.time()), 0)
         return {"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}
 
-    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[HTTPStatus, Any]:
-        """The status and body (a str, or a JSON value) for a metadata ``path``."""
+    def answer(self, path: str, query: dict[str, list[str]],
+               context: WorkerContext | None = None) -> tuple[HTTPStatus, Any]:
+        """The status and body (a str, or a JSON value) for a metadata ``path`` asked by a
+        process whose context is ``context``."""
         if path in ("", "/"):
             return HTTPStatus.OK, "computeMetadata/\n"
         if not path.startswith(_ROOT):
@@ -164,7 +176,7 @@ class GcpMetadataServer:
         if leaf == "scopes":
             return HTTPStatus.OK, "".join(f"{scope}\n" for scope in self.target.scopes)
         if leaf == "token":
-            return HTTPStatus.OK, self.token_document()
+            return HTTPStatus.OK, self.token_document(context)
         return _not_emulated(path)
 
 
@@ -186,38 +198,33 @@ def _handler_for(server: GcpMetadataServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_json(status, body, headers)
 
-        def _refused(self) -> bool:
+        def do_GET(self) -> None:
             if self.headers.get("Metadata-Flavor") != "Google" \
                     or self.headers.get("X-Forwarded-For") is not None:
                 self._send(HTTPStatus.FORBIDDEN, {"error": "forbidden", "error_description": (
                     "gcp-metadata: requests need 'Metadata-Flavor: Google' and no "
                     "X-Forwarded-For, as on the real metadata server")})
-                return True
+                return
+            parts = urlsplit(self.path)
             try:
-                server.launch.caller(socket_address(self.client_address),
-                                     socket_address(self.server.server_address),
-                                     server.identity.context)
+                context = server.launch.caller(socket_address(self.client_address),
+                                               socket_address(self.server.server_address),
+                                               server.identity.context)
+                status, body = server.answer(parts.path, parse_qs(parts.query), context)
             except CallerRefused as refused:
                 logger.warning("keyless: gcp metadata endpoint refused a caller: %s",
                                refused.message)
-                self._send(refused.status, {"error": "forbidden",
-                                            "error_description": refused.message})
-                return True
-            return False
-
-        def _serve(self, answer: Callable[[], tuple[HTTPStatus, Any]]) -> None:
-            if self._refused():
-                return
-            try:
-                status, body = answer()
+                status, body = refused.status, {"error": "forbidden",
+                                                "error_description": refused.message}
+            except ConfigError as exc:  # a {rank} boundary for a caller with no rank
+                logger.warning("keyless: gcp metadata endpoint refused a caller: %s",
+                               exc.message)
+                status, body = HTTPStatus.FORBIDDEN, {"error": "forbidden",
+                                                      "error_description": exc.message}
             except KeylessError as exc:
                 logger.warning("keyless: gcp metadata endpoint cannot serve: %s", exc.message)
                 status, body = HTTPStatus.SERVICE_UNAVAILABLE, {
                     "error": type(exc).__name__, "error_description": exc.message}
             self._send(status, body)
-
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            self._serve(lambda: server.answer(parts.path, parse_qs(parts.query)))
 
     return Handler

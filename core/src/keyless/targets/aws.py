@@ -27,9 +27,9 @@ from ..context import (
     render_json_template,
     render_session_name,
     render_template,
-    unresolved_rank_fields,
+    require_ranks,
 )
-from ..errors import ConfigError, KeylessError
+from ..errors import KeylessError
 from ..refresher import RefreshPolicy, due_fraction
 from ..tokens import SubjectToken, TokenGetter
 from .audited import ExchangeAudit
@@ -72,22 +72,8 @@ def aws_templates(target: AwsTarget) -> dict[str, str | dict[str, Any]]:
 
 
 def check_ranks_resolved(target: AwsTarget, context: WorkerContext) -> None:
-    """Raise :class:`ConfigError` naming the field when a template of the config names
-    ``{rank}``/``{local_rank}`` and ``context`` has no value for it: such a template is
-    never rendered with an empty rank (nor, by the credential endpoint, the launcher's)."""
-    unresolved = unresolved_rank_fields(aws_templates(target), context)
-    if not unresolved:
-        return
-    field, name = unresolved[0]
-    process = f"process {context.pid}" if context.pid else "this process"
-    variable = {"rank": "RANK", "local_rank": "LOCAL_RANK"}[name]
-    raise ConfigError(
-        f"aws: {field} uses {{{name}}}, but {process} has no {name} (no {variable} or "
-        f"KEYLESS_{variable} in its environment), and a per-rank template is never rendered "
-        f"for another rank or for none; fix: start the ranks with torchrun (under `keyless exec "
-        f"-- torchrun ...` each rank asks the credential endpoint for its own credentials), "
-        f"Ray Train or KEYLESS_{variable} set per worker, or remove {{{name}}} from {field}",
-        field=field)
+    """:func:`~keyless.context.require_ranks` over the AWS templates."""
+    require_ranks(aws_templates(target), context)
 
 
 def aws_request_key(target: AwsTarget, context: WorkerContext) -> tuple[str, ...]:
