@@ -18,12 +18,22 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import coldstart, fleet, hotpath, report, singleflight, training, verification
+from benchmarks import (
+    coldstart,
+    fleet,
+    hotpath,
+    raynodes,
+    report,
+    singleflight,
+    training,
+    verification,
+)
 from benchmarks.common import Row
 from benchmarks.stack import Federation
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("hotpath", "singleflight", "training", "coldstart", "verification", "fleet")
+SECTIONS = ("hotpath", "singleflight", "training", "coldstart", "verification", "fleet",
+            "raynodes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             if "verification" in only:
                 section("6. verification")
                 rows += verification.run(fed)
+    if "raynodes" in only:
+        section("7. ray nodes (a head and 2 worker nodes, then a third)")
+        rows += raynodes.run(seconds=15.0 if args.quick else 30.0)
     if "fleet" in only:
         section(f"3. fleet scale ({spec.workers:,} workers, simulated {spec.hours:.0f} h)")
         fleet_rows, fleet_results = fleet.run(spec)
