@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from collections import OrderedDict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..audit import AuditEvent
+from ..config import GcpTarget
 from ..context import WorkerContext
 from ..errors import ConfigError, KeylessError
 from ..identity import Keyless
@@ -69,13 +72,15 @@ class GcpMetadataServer:
 
     def __init__(self, identity: Keyless, *, host: str = "127.0.0.1", port: int = 0,
                  launch: Launch | None = None) -> None:
-        self.identity = identity
-        self.target = identity.config.target.gcp
-        if self.target is None:
+        target = identity.config.target.gcp
+        if target is None:
             raise ConfigError("gcp-metadata: the config has no target.gcp; fix: add one (the "
                               "metadata endpoint serves its access token)", field="target.gcp")
+        self.identity = identity
+        self.target: GcpTarget = target
         self.launch = launch if launch is not None else Launch(launch_id=None)
-        self._served: str | None = None
+        self._lock = threading.Lock()
+        self._served: OrderedDict[str, None] = OrderedDict()  # fingerprints, most recent last
         self._http = LoopbackHttpServer(_handler_for(self), component="gcp-metadata",
                                         host=host, port=port)
 
@@ -110,18 +115,17 @@ class GcpMetadataServer:
     def email(self) -> str:
         """The service account's email, or ``default`` for a federated principal without
         impersonation (it has no email)."""
-        assert self.target is not None
         return self.target.service_account or "default"
 
     def project_id(self) -> str | None:
-        assert self.target is not None
+        """``target.gcp.project_id``, else the service account's project, else None."""
         if self.target.project_id:
             return self.target.project_id
         found = _SA_PROJECT.match(self.target.service_account or "")
         return found.group(1) if found else None
 
     def project_number(self) -> str | None:
-        assert self.target is not None
+        """The project number in the workload identity pool's audience, else None."""
         found = _PROJECT_NUMBER.match(self.target.audience)
         return found.group(1) if found else None
 
@@ -131,9 +135,13 @@ class GcpMetadataServer:
         rendered for the calling rank)."""
         token, expires_at = self.identity.gcp(context).access_token()
         shown = fingerprint(token)
-        if shown != self._served:
-            self._served = shown
-            assert self.target is not None
+        with self._lock:  # one audit event per token served, whichever rank asks when
+            new = shown not in self._served
+            self._served[shown] = None
+            self._served.move_to_end(shown)
+            while len(self._served) > 256:
+                self._served.popitem(last=False)
+        if new:
             self.identity.audit.emit(AuditEvent(
                 kind="issue", source=self.identity.config.source.type, target="gcp-metadata",
                 outcome="ok", exp=expires_at, token_sha256=shown,
@@ -164,7 +172,6 @@ class GcpMetadataServer:
         account = _ACCOUNT.match(rest)
         if account is None or account.group(1) not in ("default", self.email):
             return _not_emulated(path)
-        assert self.target is not None
         leaf = account.group(2)
         if leaf is None:
             if query.get("recursive", [""])[0].lower() == "true":
