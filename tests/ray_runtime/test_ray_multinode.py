@@ -94,6 +94,8 @@ def multinode(aws_stack: Any) -> Iterator[MultiNode]:
         os.environ.clear()
         os.environ.update(saved)
         shutil.rmtree(temp_dir, ignore_errors=True)
+    time.sleep(2)  # nothing of the module may connect this process to Ray again
+    assert not ray.is_initialized(), "a test left this process connected to a Ray cluster"
 
 
 def _manifest_dirs(ident: str | None = None) -> list[Path]:
@@ -382,7 +384,7 @@ def test_four_ranks_on_two_nodes_each_confined_to_its_shard(
         multinode: MultiNode, federation: Federation, tmp_path: Path,
         leak_guard: LeakGuard) -> None:
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     aws = federation.aws
     for rank in range(4):
@@ -396,18 +398,19 @@ def test_four_ranks_on_two_nodes_each_confined_to_its_shard(
     out.mkdir()
     ray.init(address=multinode.cluster.address, logging_level="WARNING",
              configure_logging=False)
-    try:
-        TorchTrainer(
-            rank_reads_its_shard,
-            train_loop_config={"bucket": aws.bucket, "prefix": federation.prefix,
-                               "out": str(out)},
-            torch_config=TorchConfig(backend="gloo"),
-            scaling_config=ScalingConfig(num_workers=4, use_gpu=False,
-                                         resources_per_worker={"CPU": 2}),
-            run_config=RunConfig(storage_path=str(tmp_path / "runs"), name="ranks",
-                                 worker_runtime_env={"keyless": value})).fit()
+    try:  # fit in a task: Ray Train's driver side must not outlive this test in pytest
+        outcome = ray.get(fit.remote({
+            "train_loop_per_worker": rank_reads_its_shard,
+            "train_loop_config": {"bucket": aws.bucket, "prefix": federation.prefix,
+                                  "out": str(out)},
+            "torch_config": TorchConfig(backend="gloo"),
+            "scaling_config": ScalingConfig(num_workers=4, use_gpu=False,
+                                            resources_per_worker={"CPU": 2}),
+            "run_config": RunConfig(storage_path=str(tmp_path / "runs"), name="ranks",
+                                    worker_runtime_env={"keyless": value})}), timeout=900)
     finally:
         ray.shutdown()
+    assert outcome["error"] is None, outcome["error"]
     results = {rank: json.loads((out / f"rank-{rank}.json").read_text()) for rank in range(4)}
     for rank, result in results.items():
         assert result["body"] == f"shard-{rank}"
