@@ -83,6 +83,8 @@ def ray_cluster(aws_stack: Any) -> Iterator[RayCluster]:
     temp_dir = Path(tempfile.mkdtemp(prefix="kr-", dir="/tmp"))  # short: unix socket paths
     saved = dict(os.environ)
     set_node_environment(aws_stack, temp_dir)
+    if ray.is_initialized():  # an earlier module's Ray library state (Train, Data) reconnected
+        ray.shutdown()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
