@@ -47,7 +47,7 @@ from ..errors import ConfigError, KeylessError
 from ..identity import Keyless
 from ..secret import fingerprint
 from .launch import CallerRefused, Launch
-from .loopback import LoopbackHttpServer, QuietHandler, socket_address
+from .loopback import LoopbackHttpServer, LoopbackService, QuietHandler, socket_address
 
 __all__ = ["GCP_METADATA_SHADOWED_VARIABLES", "UNIVERSE_DOMAIN", "GcpMetadataServer"]
 
@@ -63,7 +63,7 @@ _PROJECT_NUMBER = re.compile(r"^//iam\.googleapis\.com/projects/(\d+)/")
 _SA_PROJECT = re.compile(r"^[^@]+@([^.]+)\.iam\.gserviceaccount\.com$")
 
 
-class GcpMetadataServer:
+class GcpMetadataServer(LoopbackService):
     """The loopback metadata endpoint for ``identity``'s GCP target (see module docstring).
 
     ``host`` must be loopback (else :class:`ConfigError`); ``port=0`` picks a free port.
@@ -81,29 +81,13 @@ class GcpMetadataServer:
         self.launch = launch if launch is not None else Launch(launch_id=None)
         self._lock = threading.Lock()
         self._served: OrderedDict[str, None] = OrderedDict()  # fingerprints, most recent last
-        self._http = LoopbackHttpServer(_handler_for(self), component="gcp-metadata",
+        self._server = LoopbackHttpServer(_handler_for(self), component="gcp-metadata",
                                         host=host, port=port)
-
-    def start(self) -> GcpMetadataServer:
-        """Bind and serve in a daemon thread (idempotent)."""
-        if not self._http.running:
-            self._http.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (idempotent)."""
-        self._http.stop()
-
-    def __enter__(self) -> GcpMetadataServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def address(self) -> str:
         """``host:port`` as the metadata variables spell it."""
-        return self._http.url.split("://", 1)[1]
+        return self._server.url.split("://", 1)[1]
 
     def env(self) -> dict[str, str]:
         """The variables pointing metadata clients here (an address, nothing secret)."""
