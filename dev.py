@@ -17,13 +17,16 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import tomllib
 import venv
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 ENVS = ROOT / ".envs"
-IDP_DIR = ROOT / "tests" / "support" / "idp"
+# the npm fixtures the tests run: the reference OIDC provider (oidc-provider) and Azurite
+NODE_FIXTURES = [ROOT / "tests" / "support" / "idp", ROOT / "tests" / "support" / "azurite"]
 
 # name -> (requirements file, test paths run in that environment)
 ENVIRONMENTS: dict[str, tuple[str, list[str]]] = {
@@ -32,12 +35,32 @@ ENVIRONMENTS: dict[str, tuple[str, list[str]]] = {
     "airflow": ("tests/requirements/airflow.txt", ["tests/airflow_provider"]),
     "prefect": ("tests/requirements/prefect.txt", ["tests/prefect_blocks"]),
     "ray": ("tests/requirements/ray.txt", ["tests/ray_runtime"]),
+    # the built distributions: metadata (twine), wheel contents, each installed alone beside its
+    # host (.envs/wheels, made by build_release), the docs site (.envs/docs); no keyless here
+    "release": ("tests/requirements/release.txt", ["tests/release"]),
 }
+#: extra pytest options per environment: the release env has no keyless, so the plugins of
+#: tests/conftest.py are not loaded there
+PYTEST_OPTIONS: dict[str, list[str]] = {"release": ["--confcutdir=tests/release"]}
 
 # name -> requirements file, for environments that run a tool rather than tests (same stamps)
 TOOL_ENVIRONMENTS: dict[str, str] = {
     "demo": "tests/requirements/demo.txt",
     "bench": "tests/requirements/bench.txt",
+    "docs": "tests/requirements/docs.txt",  # mkdocs + material: `mkdocs build --strict`
+}
+
+# The release step (build_release): the four distributions built from what a clean clone holds,
+# then installed from their wheels, each beside its host, as a user installs them.
+DISTRIBUTIONS = ["core", "airflow_provider", "prefect_blocks", "ray_runtime"]
+DIST = ENVS / "dist"
+WHEELS = ENVS / "wheels"
+#: .envs/wheels/NAME -> ({distribution dir: extras of its wheel}, the host installed beside it)
+WHEEL_ENVIRONMENTS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "keyless": ({"core": "aws,demo"}, []),
+    "airflow": ({"core": "", "airflow_provider": ""}, ["apache-airflow==3.3.*"]),
+    "prefect": ({"core": "", "prefect_blocks": ""}, ["prefect==3.9.*"]),
+    "ray": ({"core": "", "ray_runtime": ""}, ["ray==2.60.*"]),
 }
 
 
@@ -101,21 +124,23 @@ def ensure_env(name: str) -> Path:
     return env_dir
 
 
-def ensure_idp() -> None:
-    """npm ci for the reference OIDC provider the tests run (oidc-provider)."""
-    lock = IDP_DIR / "package-lock.json"
-    if not lock.exists():
-        return
-    stamp_file = IDP_DIR / "node_modules" / ".keyless-stamp"
-    stamp = stamp_of(lock)
-    if stamp_file.exists() and stamp_file.read_text() == stamp:
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        sys.exit("[dev] npm is needed for the reference OIDC provider: install node/npm")
-    log("installing the reference OIDC provider (npm ci)")
-    run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=IDP_DIR)
-    stamp_file.write_text(stamp)
+def ensure_node_fixtures() -> None:
+    """npm ci for the node fixtures the tests run (oidc-provider, Azurite), each once per lock."""
+    for fixture in NODE_FIXTURES:
+        lock = fixture / "package-lock.json"
+        if not lock.exists():
+            continue
+        stamp_file = fixture / "node_modules" / ".keyless-stamp"
+        stamp = stamp_of(lock)
+        if stamp_file.exists() and stamp_file.read_text() == stamp:
+            continue
+        npm = shutil.which("npm")
+        if npm is None:
+            sys.exit("[dev] npm is needed for the test fixtures (oidc-provider, Azurite): "
+                     "install node/npm")
+        log(f"installing the node fixture {fixture.name} (npm ci)")
+        run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=fixture)
+        stamp_file.write_text(stamp)
 
 
 def ensure_chromium() -> None:
@@ -175,12 +200,68 @@ def lint(envs: dict[str, Path]) -> bool:
     return ok
 
 
+def source_files(directory: str) -> list[str]:
+    """The files of ``directory`` a clean clone has (tracked or new, not ignored), relative to
+    ROOT: no egg-info, build/ or __pycache__ left by editable installs reaches a build."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard", "--", directory], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode()
+    return sorted(name for name in listed.split("\0") if name and (ROOT / name).is_file())
+
+
+def build_release() -> bool:
+    """Build the sdists and wheels of DISTRIBUTIONS into .envs/dist (each from a copy of its
+    clean-clone files: the source tree is never written to), then make .envs/wheels/NAME of
+    WHEEL_ENVIRONMENTS from those wheel files and the package index (not editable, nothing
+    from the source tree). Skipped when the sources and the plan are unchanged (a stamp, like
+    the environments). tests/release checks the result; False if a build or install failed
+    (then no stale wheel or environment is left to pass those tests)."""
+    files = [name for directory in DISTRIBUTIONS for name in source_files(directory)]
+    digest = hashlib.sha256(f"{sys.version}{WHEEL_ENVIRONMENTS}".encode())
+    for name in files:
+        digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
+    stamp, stamp_file = digest.hexdigest(), WHEELS / ".keyless-stamp"
+    if stamp_file.exists() and stamp_file.read_text() == stamp:
+        return True
+    log("building the distributions (.envs/dist) and their wheel environments (.envs/wheels)")
+    shutil.rmtree(DIST, ignore_errors=True)
+    shutil.rmtree(WHEELS, ignore_errors=True)
+    uv_bin, environ = str(uv()), uv_environ()
+    try:
+        for name in files:
+            (DIST / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / name, DIST / "src" / name)
+        wheels = {}
+        for directory in DISTRIBUTIONS:  # the sdist, then the wheel built from the sdist
+            run([uv_bin, "build", "--quiet", "--python", sys.executable, "--out-dir",
+                 str(DIST), str(DIST / "src" / directory)], env=environ)
+            project = tomllib.loads((ROOT / directory / "pyproject.toml").read_text())
+            name = project["project"]["name"].replace("-", "_")
+            [wheels[directory]] = DIST.glob(f"{name}-*.whl")
+        for env_name, (installs, host) in WHEEL_ENVIRONMENTS.items():
+            env_dir = WHEELS / env_name
+            run([uv_bin, "venv", "--quiet", "--python", sys.executable, str(env_dir)],
+                env=environ)
+            requirements = [f"{wheels[d].name.split('-')[0]}{f'[{extras}]' if extras else ''}"
+                            f" @ {wheels[d].as_uri()}" for d, extras in installs.items()]
+            run([uv_bin, "pip", "install", "--quiet", "--python",
+                 str(bin_path(env_dir, "python")), *requirements, *host], env=environ)
+    except subprocess.CalledProcessError as failed:
+        log(f"release build failed: {failed}")
+        shutil.rmtree(DIST, ignore_errors=True)
+        shutil.rmtree(WHEELS, ignore_errors=True)
+        return False
+    stamp_file.write_text(stamp)
+    return True
+
+
 def pytest(env: Path, name: str, paths: list[str]) -> tuple[int, dict[str, int]]:
     report = ENVS / f"junit-{name}.xml"
     existing = [p for p in paths if (ROOT / p).exists()]
     log(f"pytest in .envs/{name}: {' '.join(existing)}")
     code = subprocess.run([str(bin_path(env, "python")), "-m", "pytest", *existing,
-                           f"--junitxml={report}"], cwd=ROOT).returncode
+                           *PYTEST_OPTIONS.get(name, []), f"--junitxml={report}"],
+                          cwd=ROOT).returncode
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     if report.exists():
         root = ET.parse(report).getroot()  # noqa: S314 - our own report
@@ -195,9 +276,13 @@ def pytest(env: Path, name: str, paths: list[str]) -> tuple[int, dict[str, int]]
 
 
 def cmd_test() -> int:
-    ensure_idp()
+    ensure_node_fixtures()
     ensure_chromium()
     envs = {name: ensure_env(name) for name in ENVIRONMENTS}
+    ensure_env("docs")
+    started = time.monotonic()
+    release_ok = build_release()
+    log(f"release build: {time.monotonic() - started:.0f} s")
     lint_ok = lint(envs)
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     worst = 0
@@ -208,6 +293,9 @@ def cmd_test() -> int:
             totals[key] += value
     if not lint_ok:
         log("lint failed (ruff or mypy): see above")
+        worst = max(worst, 1)
+    if not release_ok:
+        log("release build failed (uv build or a wheel environment): see above")
         worst = max(worst, 1)
     print(f"total: {totals['passed']} passed, {totals['failed']} failed, "
           f"{totals['skipped']} skipped", flush=True)

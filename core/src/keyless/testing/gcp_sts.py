@@ -15,6 +15,8 @@ No GCP emulator exists. :class:`GcpSts` serves, in a daemon thread on 127.0.0.1:
   must be a live federated token whose subject may use ``sa`` (``service_accounts``);
 - ``GET /storage/v1/b/{bucket}/o/{object}``: returns the object's bytes to a live bearer
   within its access boundary (resource and ``resource.name.startsWith('...')`` conditions).
+  :meth:`GcpSts.authorize_storage` makes the same check for a storage front (the GCS emulator
+  front of the tests) and raises :class:`StorageRefused` with Google's JSON error.
 
 Tokens are random opaque strings remembered with their subject and expiry; every lifetime is
 capped by ``max_lifetime_seconds`` (to force rollovers). Records hold fingerprints, never
@@ -42,7 +44,7 @@ from ..http import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHA
 from ..secret import fingerprint
 from .jwks import issuer_jwks_client
 
-__all__ = ["GcpSts", "IssuedToken", "gcp_sts_factory"]
+__all__ = ["GcpSts", "IssuedToken", "StorageRefused", "gcp_sts_factory"]
 
 _JWT_TYPES = (JWT_TOKEN_TYPE, ID_TOKEN_TYPE)
 _ACCESS_TYPE = ACCESS_TOKEN_TYPE
@@ -72,6 +74,11 @@ class _Rejected(Exception):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(status)
         self.status, self.body = status, body
+
+
+class StorageRefused(_Rejected):
+    """A storage request :meth:`GcpSts.authorize_storage` refused: answer ``status`` (401 or
+    403) with ``body`` (Google's JSON error)."""
 
 
 def _oauth_error(error: str, description: str, status: int = 400) -> _Rejected:
@@ -300,11 +307,26 @@ class GcpSts(LoopbackService):
         expire_time = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"accessToken": token, "expireTime": expire_time}
 
-    def _read(self, bucket: str, name: str, headers: Mapping[str, str]) -> bytes:
-        issued = self._live(self._bearer(headers), self.clock.time())
+    def authorize_storage(self, headers: Mapping[str, str], bucket: str,
+                          name: str | None = None, *, action: str = "get") -> IssuedToken:
+        """The token behind ``headers``' ``Authorization: Bearer``, checked as Cloud Storage
+        does: issued here and live (else 401), and a downscoped token's access boundary allows
+        object ``name`` of ``bucket`` (else 403; a bucket-level request, ``name=None``, needs a
+        rule for the bucket). ``action`` (``get``, ``create`` ...) only words the 403. Raises
+        :class:`StorageRefused`."""
+        try:
+            issued = self._live(self._bearer(headers), self.clock.time())
+        except _Rejected as exc:
+            raise StorageRefused(exc.status, exc.body) from None
         if issued.boundary is not None and not _boundary_allows(issued.boundary, bucket, name):
-            raise _api_error(403, f"{issued.principal} does not have storage.objects.get access "
-                             f"to the Google Cloud Storage object.", "PERMISSION_DENIED")
+            what = "object" if name is not None else "bucket"
+            raise StorageRefused(403, _api_error(
+                403, f"{issued.principal} does not have storage.{what}s.{action} access to the "
+                f"Google Cloud Storage {what}.", "PERMISSION_DENIED").body)
+        return issued
+
+    def _read(self, bucket: str, name: str, headers: Mapping[str, str]) -> bytes:
+        issued = self.authorize_storage(headers, bucket, name)
         with self._lock:
             data = self._objects.get((bucket, name))
             self.reads.append({"bucket": bucket, "object": name, "principal": issued.principal,
@@ -314,14 +336,16 @@ class GcpSts(LoopbackService):
         return data
 
 
-def _boundary_allows(rules: list[dict[str, Any]], bucket: str, name: str) -> bool:
+def _boundary_allows(rules: list[dict[str, Any]], bucket: str, name: str | None) -> bool:
+    """Whether a rule makes ``bucket`` (``name=None``: the bucket itself, which any rule on
+    it allows) or its object ``name`` available."""
     resource = f"//storage.googleapis.com/projects/_/buckets/{bucket}"
     object_name = f"projects/_/buckets/{bucket}/objects/{name}"
     for rule in rules:
         if rule.get("availableResource") != resource:
             continue
         expression = (rule.get("availabilityCondition") or {}).get("expression")
-        if expression is None:
+        if expression is None or name is None:
             return True
         match = _STARTS_WITH.match(str(expression).strip())
         if match and object_name.startswith(match.group(1)):
