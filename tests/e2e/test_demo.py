@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,8 +58,18 @@ def test_demo_runs_the_whole_federation_and_cleans_up() -> None:
         assert re.search(rf"  {re.escape(session)}: .*/keyless-demo/shards/{other}/part-0\.txt "
                          r"\(HTTP 403, denied\): 1", out)
 
+    # The timeline page: written, named in the output, each worker's identity on it.
+    page_path = re.search(r"== audit timeline page: (\S+) ==", out)
+    assert page_path is not None, out[-2000:]
+    page = Path(page_path[1])
+    html = page.read_text(encoding="utf-8")
+    page.unlink()
+    assert html.startswith("<!DOCTYPE html>") and job[1] in html
+    for _, sub, session, *_rest in summary.values():
+        assert sub in html and session in html
+
     guard = LeakGuard()
-    guard.add(out, done.stderr)
+    guard.add(out, done.stderr, html)
     guard.check()  # nothing shaped like a JWT
     everything = out + done.stderr
     assert not re.search(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b", everything), "an access key id leaked"

@@ -25,10 +25,13 @@ def register(subparsers: Any) -> None:
                         help="lifetime of the dev issuer's tokens")
     parser.add_argument("--session-seconds", type=float, default=defaults.session_seconds,
                         help="cap on the AWS sessions' lifetime")
+    parser.add_argument("--html", default=None, metavar="PATH",
+                        help="where to write the audit timeline page (default: "
+                             "keyless-<job>-audit.html in the temporary directory)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(workers=args.workers, seconds=args.seconds,
                                 token_seconds=args.token_seconds,
-                                session_seconds=args.session_seconds))
+                                session_seconds=args.session_seconds, html_path=args.html))

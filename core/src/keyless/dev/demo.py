@@ -15,7 +15,9 @@ What runs (all on loopback, all stopped at the end by PID or context manager):
    tries the next rank's shard, which must be denied.
 
 It prints a live view (one line per event), then the audit trail (keyless audit events from
-each worker's JSONL sink, and the STS front's record of who read what), then a summary. Exit 0
+each worker's JSONL sink, and the STS front's record of who read what), writes the same trail
+as the timeline page ``keyless audit --format html`` renders (``html_path``, default
+``<temp dir>/keyless-<job>-audit.html``) and prints its path, then a summary. Exit 0
 only if every worker read its shard, rolled over at least once and was denied the other
 shard. No token, client secret or secret key is ever printed.
 """
@@ -56,6 +58,8 @@ class DemoOptions:
     token_seconds: float = 10.0
     session_seconds: float = 6.0
     objects_per_shard: int = 3
+    #: where the audit timeline page goes (None: ``<temp dir>/keyless-<job>-audit.html``)
+    html_path: str | None = None
 
     def check(self) -> None:
         if not 1 <= self.workers <= 8:
@@ -214,6 +218,27 @@ def _audit_trail(directory: Path, workers: int, printer: _Printer) -> None:
         printer.line(line)
 
 
+def _timeline_page(directory: Path, workers: int, path: Path, printer: _Printer) -> None:
+    """Write the workers' audit trail as the ``keyless audit --format html`` page to ``path``
+    and print where it is (a page that cannot be written is said, not fatal)."""
+    from ..audit.html import render_html
+    from ..audit.report import build_report, read_events
+
+    files = [f for r in range(workers) if (f := directory / f"audit-{r}.jsonl").exists()]
+    events, skipped = read_events(files)
+    printer.line("")
+    try:
+        path.write_text(render_html(build_report(events, skipped_lines=skipped),
+                                    title="keyless demo: who held which identity, when"),
+                        encoding="utf-8")
+    except OSError as exc:
+        printer.line(f"== audit timeline page: not written to {path} ({exc.strerror}) ==")
+        return
+    printer.line(f"== audit timeline page: {path} ==")
+    printer.line("   open it in a browser; `keyless audit --format html FILE.jsonl` draws the same "
+                 "page from any audit trail")
+
+
 def _front_record(stack: Any, printer: _Printer) -> None:
     accepted = stack.front.accepted
     printer.line("")
@@ -307,6 +332,9 @@ def run_demo(options: DemoOptions | None = None,
                 stack.put_object(BUCKET, "shards/1/part-0.txt", "rank 1 part 0\n")
             _run_workers(specs, results, directory, stack.env(), options, printer)
             _audit_trail(directory, options.workers, printer)
+            _timeline_page(directory, options.workers, Path(
+                options.html_path or Path(tempfile.gettempdir()) / f"keyless-{job_id}-audit.html"),
+                printer)
             _front_record(stack, printer)
             expired = len(stack.front.expired_uses)
     return _summary(results, expired, printer)
