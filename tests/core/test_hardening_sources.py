@@ -29,6 +29,7 @@ from keyless.config.sources import CommandSource, FileSource
 from keyless.delivery import TokenDirectory
 from keyless.errors import SourceMisconfigured
 from keyless.sources import CommandTokenSource, FileTokenSource
+from keyless.sources.command import stderr_hint
 from keyless.tokens import MAX_TOKEN_BYTES
 from tests.core import helpers
 
@@ -410,6 +411,8 @@ _LEAKS = [
     ("client_secret: s3cr3tvalue", "s3cr3tvalue"),
     ("Authorization: Bearer opaque9value", "opaque9value"),
     ("retry with --pw=zz9plural", "zz9plural"),
+    ("vault said pw: hunter3colon", "hunter3colon"),
+    ("enter otp 4488125599 again", "4488125599"),
 ]
 
 
@@ -443,3 +446,10 @@ def test_a_failing_commands_hint_is_bounded_and_still_useful() -> None:
     message = str(info.value)
     assert "profile dev not found" in message and "status 2" in message
     assert "x" * 200 not in message
+
+
+@pytest.mark.parametrize(("line", "value"), _LEAKS)
+def test_the_stderr_hint_keeps_each_kind_of_secret_out(line: str, value: str) -> None:
+    hint = stderr_hint(f"first line\n{line}\n\n".encode())
+    assert value not in hint and hint.endswith("[redacted]"), hint
+    assert hint[:3] == line[:3]  # what came before the secret stays readable

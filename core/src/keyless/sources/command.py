@@ -44,7 +44,8 @@ _CHUNK = 64 * 1024
 #: Words after which a line may carry a secret ("password hunter2", "api_key: x", "Bearer x").
 _SECRET_WORD = re.compile(
     r"(?i)passwords?|passwd|passphrase|pass|pwd|secrets?|tokens?|api[_-]?keys?|keys?"
-    r"|credentials?|creds?|authorization|auth|bearer|cookies?|sessions?|signature")
+    r"|credentials?|creds?|authorization|auth|bearer|cookies?|sessions?|signature"
+    r"|\bpw\b|\bpin\b|\botp\b|\bpat\b")
 
 
 class CommandTokenSource:
@@ -182,10 +183,10 @@ def _wait(child: subprocess.Popen[bytes], drains: tuple[_Drain, ...],
 
 def stderr_hint(stderr: bytes) -> str:
     """What a message may quote of a failing command's stderr: its last non-empty line, cut
-    after the first word naming a secret (password, token, key, auth ...: "password x",
-    "api_key: x", "Bearer x") and after the first ``=`` ("x=y"), the rest replaced by
-    ``[redacted]``, scrubbed of token-like runs (:func:`keyless.http.scrub`), at most 120
-    characters; "" when there is no such line."""
+    after the first word naming a secret (password, token, key, auth, pw, pin, otp ...:
+    "password x", "api_key: x", "Bearer x", "pw: x") and after the first ``=`` ("x=y"), the
+    rest replaced by ``[redacted]``, scrubbed of token-like runs (:func:`keyless.http.scrub`),
+    at most 120 characters; "" when there is no such line."""
     lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines()]
     lines = [line for line in lines if line]
     if not lines:
