@@ -1,0 +1,1 @@
+"""Deployment steps on keyless credentials (``prefect_keyless.deployments.steps``)."""
