@@ -1,62 +1,117 @@
-"""The keyless connection form in a real browser (issue 12, Airflow half).
+"""The keyless connection form in a real browser (issue 12, Airflow half; issue 21: forms a
+person can fill).
 
 A real Airflow 3.3 (`airflow standalone` on a free loopback port, its own AIRFLOW_HOME, SQLite,
 connection testing enabled; see :mod:`tests.airflow_provider.airflow_server`) and Debian's
 Chromium driven by Playwright, as a person would: sign in with SimpleAuthManager's generated
 admin password, Admin → Connections → Add Connection, choose "OIDC workload identity
-(keyless)", see every field the config schema gives (label, description, dropdowns for enums,
-a password field for the secret, JSON editors for nested parts), fill a client_credentials
-config for the reference IdP's `trainer` client, save, press Test (the hook's success message),
-reopen the connection (the secret is `***`, in the field and in the extra's JSON), change the
-audience to a wrong one, save, press Test and read the hook's actionable message naming the
-`aud` claim and its fix.
+(keyless)" and see the form: the "Extra Fields" section holds the source type, the common
+source fields and the targets' identifiers in that order; the other fields are in the
+"More source fields", "More target settings" and "Refresh, audit, delivery" sections, every
+field of ``conn_fields()`` with its label, description and widget.
+
+Then the four common cases, each typed into labelled fields and chosen from dropdowns, with
+no JSON typed anywhere:
+
+(b) client_credentials + AWS role (the reference IdP's ``trainer``), (a) file + AWS role (a
+token the IdP issued, in a file), (c) ambient + GCP workload identity, (d) file + Azure. Each
+is saved; (a) and (b) are tested with the list's Test button (the hook's success message:
+token, claims, signature, dry-run exchange against the verifying STS front). Then the saved
+connections are used as a task would: a process with the server's Airflow settings builds
+``KeylessHook`` for each from Airflow's database; (a) and (b) read an S3 object (moto) through
+the verifying STS front, (c) and (d) build the config the form described. After that (b) is
+reopened (the secret is ``***`` in its field and in the extra's JSON; also after a reload), its
+audience changed to a wrong one, saved and tested: the hook's message names the ``aud`` claim
+and its fix.
 
 The Test button runs ``KeylessHook.test_connection()`` inside the API server process (the UI
 posts to the synchronous ``/api/v2/connections/test``, which merges the stored secret back
 into the masked extra), so the server reaches the IdP and the STS front on loopback itself.
 
 The client secret (and anything shaped like a JWT) must appear in none of: the page's HTML
-after saving (list, reopened form, after a reload), the connection API's responses to the
-browser, the server's captured output and every file under its AIRFLOW_HOME (logs, config);
-nor the secret in the SQLite database (Airflow stores the extra Fernet-encrypted).
+(lists, reopened forms, after a reload), the connection API's responses to the browser, the
+server's captured output and every file under its AIRFLOW_HOME (logs, config), the using
+process's output; nor the secret in the SQLite database (Airflow stores the extra
+Fernet-encrypted).
 
 Screenshots of every step go to ``artifacts/browser/airflow-keyless-*.png``; the server's
 output is copied next to them.
 
 Airflow 3.3.2's list "Test" button sends ``port: 0`` for a connection without a port, which its
 API rejects with 400 "The host or port to test differs from the stored connection"
-(apache/airflow#73298, fixed in the API after 3.3.2). :func:`_drop_portless_zero` removes that
+(apache/airflow#73298, fixed in the API after 3.3.2). :func:`drop_portless_zero` removes that
 one field from the request in flight, as the fixed API ignores it; nothing else is touched.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from keyless import config_json_schema
-from keyless.audit import redact
+from keyless import load_config
+from tests.airflow_provider.airflow_form import (
+    NAME,
+    Seen,
+    choose,
+    drop_portless_zero,
+    field_group,
+    labels_in_order,
+    leaks,
+    open_connections,
+    open_extra_fields,
+    open_section,
+    press_test,
+    record_responses,
+    row,
+    shot,
+    sign_in,
+    widget_check,
+)
 from tests.airflow_provider.airflow_server import AirflowStandalone
 from tests.e2e.conftest import Federation, LeakGuard
-from tests.support.browser import artifacts_dir, chromium_page, screenshot
+from tests.support.browser import artifacts_dir, chromium_page
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Locator, Page, Request, Response, Route, ViewportSize
+    from playwright.sync_api import Locator, Page
 
 pytestmark = pytest.mark.e2e
 
-NAME = "airflow-keyless"
-CONN_ID = "keyless_browser"
+CC_AWS, FILE_AWS, AMBIENT_GCP, FILE_AZURE = ("keyless_browser", "keyless_file_aws",
+                                             "keyless_ambient_gcp", "keyless_file_azure")
 WRONG_AUDIENCE = "https://other.example"
 ACTION_TIMEOUT_MS = 45_000   # one UI step on a busy 2-core machine
-TEST_TIMEOUT_MS = 90_000     # the Test button: token, discovery, JWKS, STS dry run
-NORMAL: ViewportSize = {"width": 1280, "height": 900}
-TALL: ViewportSize = {"width": 1280, "height": 5600}  # the whole dialog in one screenshot
+GCP_AUDIENCE = ("//iam.googleapis.com/projects/123456789/locations/global/"
+                "workloadIdentityPools/training/providers/reference-idp")
+GCP_SERVICE_ACCOUNT = "trainer@ml-project.iam.gserviceaccount.com"
+AZURE_TENANT, AZURE_CLIENT = "72f988bf-86f1-41af-91ab-2d7cd011db47", "0c6a9e3c-trainer"
+#: The using process: builds KeylessHook from Airflow's database for each connection, reads
+#: an S3 object with the AWS ones, prints one JSON document (the targets and bodies read).
+USE_CONNECTIONS = """
+import json, sys
+from botocore.config import Config
+from keyless_airflow import KeylessHook
+job = json.loads(sys.argv[1])
+out = {}
+for conn_id in job["connections"]:
+    hook = KeylessHook(conn_id)
+    seen = {"source": hook.config.source.type,
+            "target": hook.config.target.model_dump(mode="json", exclude_none=True)}
+    if conn_id in job["read_s3"]:
+        s3 = hook.get_client_type("s3", endpoint_url=job["s3_url"],
+                                  config=Config(s3={"addressing_style": "path"},
+                                                retries={"total_max_attempts": 1}))
+        seen["body"] = s3.get_object(Bucket=job["bucket"], Key=job["key"])["Body"].read().decode()
+    out[conn_id] = seen
+print(json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -83,279 +138,244 @@ def _patient_expect() -> Iterator[None]:
     expect.set_options(timeout=5_000)
 
 
-# ---------------------------------------------------------------------------- page helpers
-@dataclass
-class Seen:
-    """What the browser was shown: page HTML snapshots and connection API responses."""
-
-    pages: dict[str, str] = field(default_factory=dict)
-    responses: list[str] = field(default_factory=list)
-    rewritten_tests: int = 0
-
-    def snapshot(self, page: Page, step: str) -> None:
-        self.pages[step] = page.content()
+# ---------------------------------------------------------------------------- the form
+def _field_sections(fields: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Field names by section title, in form order ("Extra Fields" first)."""
+    sections: dict[str, list[str]] = {}
+    for name, spec in fields.items():
+        sections.setdefault(spec["schema"].get("section", "Extra Fields"), []).append(name)
+    return sections
 
 
-def _drop_portless_zero(seen: Seen) -> Callable[[Route, Request], None]:
-    """A route handler for POST /api/v2/connections/test: drop ``"port": 0`` (Airflow 3.3.2's
-    UI sends ``Number(null)`` for a connection without a port; apache/airflow#73298)."""
-    def handle(route: Route, request: Request) -> None:
-        body = request.post_data_json
-        if isinstance(body, dict) and body.get("port") == 0:
-            del body["port"]
-            seen.rewritten_tests += 1
-            route.continue_(post_data=json.dumps(body))
-        else:
-            route.continue_()
-    return handle
-
-
-def _record_responses(page: Page, seen: Seen) -> None:
-    def on_response(response: Response) -> None:
-        if "/api/v2/connections" in response.url and response.request.method != "OPTIONS":
-            try:
-                seen.responses.append(response.text())
-            except Exception:  # a redirect or an aborted body has no text
-                pass
-    page.on("response", on_response)
-
-
-def field_group(dialog: Locator, label: str) -> Locator:
-    """The form row whose label is ``label`` (Airflow's labels are not tied to their inputs)."""
-    return dialog.get_by_role("group").filter(has=dialog.page.get_by_text(label, exact=True))
-
-
-def choose(page: Page, combobox: Locator, option: str) -> list[str]:
-    """Open a dropdown, choose ``option``; return every option it offered."""
+def _new_connection(page: Page, conn_id: str) -> tuple[Locator, Locator]:
+    """Add Connection → the keyless type (typed to filter, as a person would); returns the
+    dialog and its opened "Extra Fields" section."""
     from playwright.sync_api import expect
 
-    combobox.click()
-    options = page.get_by_role("option")
-    expect(options.first).to_be_visible()
-    offered = [text.strip() for text in options.all_inner_texts()]
-    page.get_by_role("option", name=option, exact=True).click()
-    return offered
-
-
-def type_json(page: Page, group: Locator, document: Any) -> None:
-    """Replace a JSON editor's text (Monaco) with ``document``, as a paste would."""
-    group.locator(".view-lines").click()
-    page.keyboard.press("Control+a")
-    page.keyboard.press("Delete")
-    page.keyboard.insert_text(json.dumps(document))
-
-
-def shot(page: Page, step: str, *, tall: bool = False) -> None:
-    if tall:
-        page.set_viewport_size(TALL)
-    screenshot(page, NAME, step)
-    if tall:
-        page.set_viewport_size(NORMAL)
-
-
-def sign_in(page: Page, server: AirflowStandalone) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(f"{server.url}/")
-    page.get_by_label("Username").fill("admin")
-    page.get_by_label("Password").fill(server.admin_password())
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Admin")).to_be_visible()
-
-
-def open_connections(page: Page) -> None:
-    from playwright.sync_api import expect
-
-    page.get_by_role("button", name="Admin").click()
-    page.get_by_role("menuitem", name="Connections").click()
-    expect(page.get_by_role("button", name="Add Connection")).to_be_visible()
-
-
-def row(page: Page) -> Locator:
-    return page.get_by_role("row").filter(has=page.get_by_role("cell", name=CONN_ID, exact=True))
-
-
-def open_extra_fields(dialog: Locator) -> Locator:
-    """Expand the dialog's "Extra Fields" section and return it."""
-    from playwright.sync_api import expect
-
-    dialog.get_by_role("button", name="Extra Fields", exact=True).click()
-    region = dialog.get_by_role("region").filter(
-        has=dialog.page.get_by_text("Source type", exact=True))
-    expect(region).to_be_visible()
-    return region
-
-
-def press_test(page: Page, outcome: str) -> str:
-    """Press the connection's Test button; return the toast's message once ``outcome``
-    ("Successful" or "Failed") shows."""
-    from playwright.sync_api import expect
-
-    row(page).get_by_role("button", name="Test Connection").click()
-    toast = page.get_by_role("status").filter(has_text=f"Test Connection {outcome}")
-    expect(toast).to_be_visible(timeout=TEST_TIMEOUT_MS)
-    toast.hover()  # keeps the toast up (it pauses under the pointer) for the screenshot
-    return toast.locator("[data-part=description]").inner_text()
-
-
-# ---------------------------------------------------------------------------- expectations
-def _widget_check(group: Locator, spec: dict[str, Any]) -> None:
-    """The form row shows the widget the conn-field's schema asks for."""
-    from playwright.sync_api import expect
-
-    schema = spec["schema"]
-    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-    if schema.get("format") == "password":
-        expect(group.locator("input[type=password]")).to_have_count(1)
-    elif "enum" in schema:
-        expect(group.get_by_role("combobox")).to_have_count(1)
-    elif "boolean" in types:
-        expect(group.get_by_role("checkbox")).to_have_count(1)
-    elif "integer" in types or "number" in types:
-        expect(group.get_by_role("spinbutton")).to_have_count(1)
-    elif "object" in types:
-        expect(group.locator(".monaco-editor")).to_have_count(1)
-    elif "array" in types:
-        expect(group.locator("textarea")).to_have_count(1)
-    else:
-        expect(group.locator("input[type=text], input:not([type])")).to_have_count(1)
-
-
-def _client_credentials_titles() -> list[str]:
-    schema = config_json_schema()
-    ref = schema["properties"]["source"]["discriminator"]["mapping"]["client_credentials"]
-    variant = schema["$defs"][ref.rsplit("/", 1)[1]]
-    return [prop.get("title", name) for name, prop in variant["properties"].items()
-            if name != "type"]
-
-
-def _leaks(texts: dict[str, str], secret: str) -> list[str]:
-    """Names of the texts holding the secret or something shaped like a JWT (never the
-    values: a failure must not print the secret)."""
-    return [name for name, text in texts.items() if secret in text or redact(text) != text]
-
-
-# ---------------------------------------------------------------------------- the test
-def test_keyless_connection_form_in_a_real_browser(
-        airflow_server: AirflowStandalone, federation: Federation,
-        leak_guard: LeakGuard) -> None:
-    from playwright.sync_api import expect
-
-    from keyless_airflow.fields import conn_fields
     from keyless_airflow.provider_info import HOOK_NAME
 
-    config = federation.config()
-    source = config["source"]
-    secret: str = source["client_secret"]
-    fields = conn_fields()
-    seen = Seen()
+    page.get_by_role("button", name="Add Connection").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_role("heading", name="Add Connection")).to_be_visible()
+    dialog.get_by_role("textbox", name="Connection ID").fill(conn_id)
+    connection_type = dialog.get_by_role("combobox", name="Connection Type")
+    connection_type.fill("keyless")
+    page.get_by_role("option", name=HOOK_NAME, exact=True).click()
+    return dialog, open_extra_fields(dialog)
 
-    with chromium_page(NAME, timeout_ms=ACTION_TIMEOUT_MS) as page:
-        page.route("**/api/v2/connections/test", _drop_portless_zero(seen))
-        _record_responses(page, seen)
-        sign_in(page, airflow_server)
-        open_connections(page)
 
-        # -- Add Connection: the empty form
-        page.get_by_role("button", name="Add Connection").click()
-        dialog = page.get_by_role("dialog")
-        expect(dialog.get_by_role("heading", name="Add Connection")).to_be_visible()
-        shot(page, "1-form-empty")
+def _check_the_whole_form(page: Page, dialog: Locator, extra: Locator,
+                          fields: dict[str, dict[str, Any]]) -> None:
+    """Every conn-field in its section, with label, description and widget; the first section
+    in the order the form declares (source type, common source fields, target ids)."""
+    from playwright.sync_api import expect
 
-        # -- choose the keyless type (typed to filter, as a person would)
-        dialog.get_by_role("textbox", name="Connection ID").fill(CONN_ID)
-        connection_type = dialog.get_by_role("combobox", name="Connection Type")
-        connection_type.fill("keyless")
-        page.get_by_role("option", name=HOOK_NAME, exact=True).click()
-        extra = open_extra_fields(dialog)
-
-        # every field of the config schema, with its label, description and widget
-        for name, spec in fields.items():
-            group = field_group(extra, spec["label"])
+    sections = _field_sections(fields)
+    first = [fields[name]["label"] for name in sections["Extra Fields"]]
+    assert labels_in_order(extra, first) == first
+    for title, names in sections.items():
+        region = extra if title == "Extra Fields" else open_section(
+            dialog, title, fields[names[0]]["label"])
+        for name in names:
+            spec = fields[name]
+            group = field_group(region, spec["label"])
             expect(group, f"field {name}").to_have_count(1)
             if spec.get("description"):
                 expect(group.get_by_text(spec["description"], exact=True),
                        f"description of {name}").to_be_visible()
-            _widget_check(group, spec)
-        labels = {spec["label"] for spec in fields.values()}
-        assert set(_client_credentials_titles()) <= labels
-        shot(page, "2-type-chosen-fields", tall=True)
+            widget_check(group, spec)
+        shot(page, f"2-section-{title.lower()}", tall=True)
 
-        # -- fill a valid client_credentials config for the reference IdP; the dropdowns
-        # offer the schema's enums
-        offered = choose(page, field_group(extra, "Source type").get_by_role("combobox"),
-                         "client_credentials")
-        assert offered == fields["source_type"]["schema"]["enum"]
-        field_group(extra, "Token Url").get_by_role("textbox").fill(source["token_url"])
-        field_group(extra, "Client Id").get_by_role("textbox").fill(source["client_id"])
+
+def _type(region: Locator, label: str, value: str) -> None:
+    field_group(region, label).get_by_role("textbox").fill(value)
+
+
+def _choose_source(page: Page, extra: Locator, fields: dict[str, Any], source_type: str) -> None:
+    shown = fields["source_type"]["schema"]["values_display"]
+    offered = choose(page, field_group(extra, "Source type").get_by_role("combobox"),
+                     shown[source_type])
+    assert offered == [shown[t] for t in fields["source_type"]["schema"]["enum"]]
+
+
+def _allow_loopback_http(dialog: Locator) -> None:
+    """The IdP, STS front and moto are http:// on loopback."""
+    from playwright.sync_api import expect
+
+    other = open_section(dialog, "Refresh, audit, delivery", "Allow Insecure Http")
+    field_group(other, "Allow Insecure Http").locator("[data-part=control]").click()
+    expect(other.get_by_role("checkbox", name="Allow Insecure Http")).to_be_checked()
+
+
+def _save(page: Page, dialog: Locator, conn_id: str, step: str) -> None:
+    from playwright.sync_api import expect
+
+    shot(page, f"{step}-filled", tall=True)
+    save = dialog.get_by_role("button", name="Save")
+    expect(save).to_be_enabled()
+    save.click()
+    expect(dialog).to_be_hidden()
+    expect(row(page, conn_id).get_by_role("cell", name="keyless", exact=True)).to_be_visible()
+
+
+def _use(server: AirflowStandalone, federation: Federation, key: str,
+         output: Path) -> dict[str, Any]:
+    """Run :data:`USE_CONNECTIONS` with the server's Airflow settings (its database, Fernet
+    key) as a server-side process reads connections; its output goes to ``output``."""
+    job = {"connections": [CC_AWS, FILE_AWS, AMBIENT_GCP, FILE_AZURE],
+           "read_s3": [CC_AWS, FILE_AWS], "s3_url": federation.aws.s3_url,
+           "bucket": federation.aws.bucket, "key": key}
+    env = {**server.environment(), "_AIRFLOW_PROCESS_CONTEXT": "server"}
+    result = subprocess.run([sys.executable, "-c", USE_CONNECTIONS, json.dumps(job)],
+                            env=env, cwd=server.home, capture_output=True, text=True,
+                            timeout=240, check=False)
+    output.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, f"using the saved connections failed; see {output}"
+    used: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return used
+
+
+# ---------------------------------------------------------------------------- the test
+def test_keyless_connection_form_in_a_real_browser(
+        airflow_server: AirflowStandalone, federation: Federation, leak_guard: LeakGuard,
+        tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    from keyless_airflow.fields import conn_fields
+
+    config = federation.config()
+    source, aws = config["source"], config["target"]["aws"]
+    secret: str = source["client_secret"]
+    token_file = tmp_path / "oidc-token"
+    token_file.write_text(federation.idp.issue("trainer", source["audience"]))
+    os.chmod(token_file, 0o600)
+    leak_guard.forbid(token_file.read_text())
+    fields = conn_fields()
+    seen = Seen()
+
+    with chromium_page(NAME, timeout_ms=ACTION_TIMEOUT_MS) as page:
+        page.route("**/api/v2/connections/test", drop_portless_zero(seen))
+        record_responses(page, seen)
+        sign_in(page, airflow_server)
+        open_connections(page)
+
+        # -- (b) client_credentials + AWS role; first the whole form, as the type shows it
+        dialog, extra = _new_connection(page, CC_AWS)
+        shot(page, "1-type-chosen")
+        _check_the_whole_form(page, dialog, extra, fields)
+        extra = open_extra_fields(dialog)  # one section is open at a time
+        _choose_source(page, extra, fields, "client_credentials")
+        _type(extra, "Token Url", source["token_url"])
+        _type(extra, "Client Id", source["client_id"])
         secret_input = field_group(extra, "Client Secret").locator("input")
         expect(secret_input).to_have_attribute("type", "password")
         secret_input.fill(secret)
-        field_group(extra, "Audience").get_by_role("textbox").fill(source["audience"])
-        offered = choose(page, field_group(extra, "Auth Method").get_by_role("combobox"),
-                         "client_secret_basic")
-        assert offered == fields["auth_method"]["schema"]["enum"]
-        type_json(page, field_group(extra, "Target"), config["target"])
-        field_group(extra, "Allow Insecure Http").locator("[data-part=control]").click()
-        expect(extra.get_by_role("checkbox", name="Allow Insecure Http")).to_be_checked()
-        expect(secret_input).to_have_attribute("type", "password")
-        shot(page, "3-filled", tall=True)
-
-        # -- save: the list shows the connection; the secret is in no HTML from here on
-        save = dialog.get_by_role("button", name="Save")
-        expect(save).to_be_enabled()
-        save.click()
-        expect(dialog).to_be_hidden()
-        expect(row(page)).to_be_visible()
-        expect(row(page).get_by_role("cell", name="keyless", exact=True)).to_be_visible()
+        _type(extra, "Audience", source["audience"])
+        _type(extra, "AWS Role ARN", aws["role_arn"])
+        _type(extra, "AWS Region", aws["region"])
+        shot(page, "3-client-credentials-aws-typed", tall=True)
+        more_target = open_section(dialog, "More target settings", "AWS STS Endpoint URL")
+        _type(more_target, "AWS STS Endpoint URL", aws["sts_endpoint_url"])
+        _allow_loopback_http(dialog)
+        _save(page, dialog, CC_AWS, "3-client-credentials-aws")
         seen.snapshot(page, "saved list")
-        shot(page, "4-saved-list")
-
-        # -- Test: the hook's success message (token, claims, dry-run exchange)
-        message = press_test(page, "Successful")
+        message = press_test(page, CC_AWS, "Successful")
         assert "keyless: ok" in message and "exchange" in message, message
         seen.snapshot(page, "test ok")
-        shot(page, "5-test-ok")
         assert federation.aws.front.accepted, "Test did not dry-run the exchange"
 
-        # -- reopen: the secret is masked, in its field and in the extra's JSON
-        row(page).get_by_role("button", name="Edit Connection").click()
+        # -- (a) file + AWS role
+        dialog, extra = _new_connection(page, FILE_AWS)
+        _choose_source(page, extra, fields, "file")
+        _type(extra, "Path", str(token_file))
+        _type(extra, "AWS Role ARN", aws["role_arn"])
+        _type(extra, "AWS Region", aws["region"])
+        shot(page, "4-file-aws-typed", tall=True)
+        more_target = open_section(dialog, "More target settings", "AWS STS Endpoint URL")
+        _type(more_target, "AWS STS Endpoint URL", aws["sts_endpoint_url"])
+        _allow_loopback_http(dialog)
+        _save(page, dialog, FILE_AWS, "4-file-aws")
+        accepted = len(federation.aws.front.accepted)
+        message = press_test(page, FILE_AWS, "Successful")
+        assert "keyless: ok" in message and "exchange" in message, message
+        assert len(federation.aws.front.accepted) > accepted, "Test did not exchange"
+        shot(page, "4-file-aws-test-ok")
+
+        # -- (c) ambient + GCP workload identity; (d) file + Azure
+        dialog, extra = _new_connection(page, AMBIENT_GCP)
+        _choose_source(page, extra, fields, "ambient")
+        _type(extra, "GCP Workload Identity Provider", GCP_AUDIENCE)
+        _type(extra, "GCP Service Account", GCP_SERVICE_ACCOUNT)
+        _type(extra, "GCP Project Id", "ml-project")
+        _save(page, dialog, AMBIENT_GCP, "5-ambient-gcp")
+        dialog, extra = _new_connection(page, FILE_AZURE)
+        _choose_source(page, extra, fields, "file")
+        _type(extra, "Path", "/var/run/secrets/azure/tokens/azure-identity-token")
+        _type(extra, "Azure Tenant Id", AZURE_TENANT)
+        _type(extra, "Azure Client Id", AZURE_CLIENT)
+        _save(page, dialog, FILE_AZURE, "6-file-azure")
+        seen.snapshot(page, "list of four")
+        shot(page, "7-list-of-four")
+
+        # -- used as a task would: KeylessHook from Airflow's database
+        key = f"{federation.prefix}from-the-form.txt"
+        federation.aws.put_object(federation.aws.bucket, key, b"read with a form-made connection")
+        use_output = tmp_path / "use.out"
+        token_file.write_text(federation.idp.issue("trainer", source["audience"]))  # rotated
+        leak_guard.forbid(token_file.read_text())
+        used = _use(airflow_server, federation, key, use_output)
+        for conn_id in (CC_AWS, FILE_AWS):
+            assert used[conn_id]["body"] == "read with a form-made connection", conn_id
+            assert used[conn_id]["target"] == load_config(config).target.model_dump(
+                mode="json", exclude_none=True), conn_id
+        assert used[FILE_AWS]["source"] == "file" and used[CC_AWS]["source"] == "client_credentials"
+        assert used[AMBIENT_GCP] == {"source": "ambient", "target": {"gcp": {
+            **used[AMBIENT_GCP]["target"]["gcp"], "audience": GCP_AUDIENCE,
+            "service_account": GCP_SERVICE_ACCOUNT, "project_id": "ml-project"}}}
+        assert set(used[AMBIENT_GCP]["target"]) == {"gcp"}
+        assert used[FILE_AZURE]["source"] == "file"
+        assert used[FILE_AZURE]["target"]["azure"]["tenant_id"] == AZURE_TENANT
+        assert used[FILE_AZURE]["target"]["azure"]["client_id"] == AZURE_CLIENT
+
+        # -- reopen (b): the secret is masked, in its field and in the extra's JSON
+        row(page, CC_AWS).get_by_role("button", name="Edit Connection").click()
         expect(dialog.get_by_role("heading", name="Edit Connection")).to_be_visible()
         extra = open_extra_fields(dialog)
         secret_input = field_group(extra, "Client Secret").locator("input")
         expect(secret_input).to_have_value("***")
         expect(secret_input).to_have_attribute("type", "password")
         expect(field_group(extra, "Client Id").get_by_role("textbox")).to_have_value("trainer")
+        expect(field_group(extra, "AWS Role ARN").get_by_role("textbox")).to_have_value(
+            aws["role_arn"])
         expect(field_group(extra, "Source type")).to_contain_text("client_credentials")
         field_group(extra, "Client Secret").get_by_role("button", name="Show value").click()
         expect(secret_input).to_have_attribute("type", "text")  # shown: "***", nothing more
         expect(secret_input).to_have_value("***")
         seen.snapshot(page, "reopened form")
-        shot(page, "6-reopened-secret-shown-masked", tall=True)
+        shot(page, "8-reopened-secret-shown-masked", tall=True)
         dialog.get_by_role("button", name="Extra Fields JSON").click()
-        expect(extra).to_be_hidden()
         extra_json = dialog.get_by_role("region", name="Extra Fields JSON")
         expect(extra_json.locator(".monaco-editor")).to_be_visible()
         expect(extra_json.locator(".view-lines")).to_contain_text('"client_secret": "***"')
         seen.snapshot(page, "reopened extra JSON")
-        shot(page, "7-reopened-extra-json-masked")
+        shot(page, "9-reopened-extra-json-masked")
 
         # -- after a reload, the list and the form again
         page.reload()
-        expect(row(page)).to_be_visible()
+        expect(row(page, CC_AWS)).to_be_visible()
         seen.snapshot(page, "list after reload")
-        row(page).get_by_role("button", name="Edit Connection").click()
+        row(page, CC_AWS).get_by_role("button", name="Edit Connection").click()
         extra = open_extra_fields(dialog)
         expect(field_group(extra, "Client Secret").locator("input")).to_have_value("***")
         seen.snapshot(page, "form after reload")
 
         # -- a deliberately wrong audience: save, Test, read the hook's message
-        field_group(extra, "Audience").get_by_role("textbox").fill(WRONG_AUDIENCE)
+        _type(extra, "Audience", WRONG_AUDIENCE)
         dialog.get_by_role("button", name="Save").click()
         expect(dialog).to_be_hidden()
         accepted = len(federation.aws.front.accepted)
-        message = press_test(page, "Failed")
-        shot(page, "8-test-wrong-audience")
+        message = press_test(page, CC_AWS, "Failed")
+        shot(page, "10-test-wrong-audience")
         seen.snapshot(page, "test wrong audience")
         assert "keyless: aud: " in message, message
         assert WRONG_AUDIENCE in message and "sts.amazonaws.com" in message, message
@@ -365,16 +385,18 @@ def test_keyless_connection_form_in_a_real_browser(
     # the masked "***" in the form never replaced the stored secret: the token was issued
     # (the failure is the aud claim, not client authentication)
     assert "invalid_client" not in message
-    assert seen.rewritten_tests in (0, 2)  # apache/airflow#73298 (0 once Airflow fixes it)
+    assert seen.rewritten_tests in (0, 3)  # apache/airflow#73298 (0 once Airflow fixes it)
 
-    # -- the leak scan: HTML, API responses, the server's output and files
-    server_texts = airflow_server.texts()
+    # -- the leak scan: HTML, API responses, the server's output and files, the user's output
+    server_texts = {**airflow_server.texts(), "use": use_output.read_text()}
     database = (airflow_server.home / "airflow.db").read_bytes()
     responses = {f"connection API response {i}": text for i, text in enumerate(seen.responses)}
-    assert not _leaks(seen.pages, secret), "secret or JWT in the page HTML"
-    assert not _leaks(responses, secret), "secret or JWT in a connection API response"
-    assert not _leaks(server_texts, secret), "secret or JWT in the server's output or logs"
+    assert not leaks(seen.pages, secret), "secret or JWT in the page HTML"
+    assert not leaks(responses, secret), "secret or JWT in a connection API response"
+    assert not leaks(server_texts, secret), "secret or JWT in the server's output or logs"
     assert secret.encode() not in database, "the secret is stored unencrypted"
     assert any("POST /api/v2/connections/test" in text or
                "path=/api/v2/connections/test" in text for text in server_texts.values())
     leak_guard.add(*seen.pages.values(), *seen.responses, *server_texts.values())
+
+

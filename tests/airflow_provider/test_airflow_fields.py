@@ -122,3 +122,116 @@ def test_the_example_connections_parse() -> None:
     config = config_from_extra(connections["keyless_default"]["extra"])
     assert config.source.type == "client_credentials"
     assert connections["aws_keyless"]["extra"]["keyless_conn_id"] == "keyless_default"
+
+
+# ------------------------------------------------------------- issue 21: a form a person fills
+ROLE = "arn:aws:iam::123456789012:role/trainer"
+WIP = "//iam.googleapis.com/projects/42/locations/global/workloadIdentityPools/p/providers/q"
+#: The four common cases as the form saves them: every field present, the unused ones null.
+COMMON_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "file+aws": ({"source_type": "file", "path": "/var/run/secrets/tokens/oidc",
+                  "aws_role_arn": ROLE, "aws_region": "eu-west-1"},
+                 {"source": {"type": "file", "path": "/var/run/secrets/tokens/oidc"},
+                  "target": {"aws": {"role_arn": ROLE, "region": "eu-west-1"}}}),
+    "client_credentials+aws": ({**{k: v for k, v in GOOD.items() if k != "target"},
+                                "aws_role_arn": ROLE},
+                               {"source": {"type": "client_credentials",
+                                           "token_url": GOOD["token_url"], "client_id": "trainer",
+                                           "client_secret": GOOD["client_secret"]},
+                                "target": {"aws": {"role_arn": ROLE}}}),
+    "ambient+gcp": ({"source_type": "ambient", "gcp_audience": WIP,
+                     "gcp_service_account": "trainer@p.iam.gserviceaccount.com",
+                     "gcp_project_id": "p"},
+                    {"source": {"type": "ambient"},
+                     "target": {"gcp": {"audience": WIP, "project_id": "p",
+                                        "service_account": "trainer@p.iam.gserviceaccount.com"}}}),
+    "file+azure": ({"source_type": "file", "path": "/var/run/secrets/azure/tokens/token",
+                    "azure_tenant_id": "tenant-1", "azure_client_id": "client-1"},
+                   {"source": {"type": "file", "path": "/var/run/secrets/azure/tokens/token"},
+                    "target": {"azure": {"tenant_id": "tenant-1", "client_id": "client-1"}}}),
+}
+
+
+def _as_saved(flat: dict[str, Any]) -> dict[str, Any]:
+    """What the UI saves: every form field, null where nothing was typed."""
+    return {name: flat.get(name) for name in conn_fields()} | flat
+
+
+def test_the_form_puts_the_source_type_common_fields_and_target_ids_first() -> None:
+    from keyless_airflow.fields import COMMON_SOURCE_FIELDS, SECTIONS
+    from keyless_airflow.target_fields import COMMON_TARGET_FIELDS
+
+    fields = conn_fields()
+    first = [name for name, f in fields.items() if "section" not in f["schema"]]
+    assert first == ["source_type", *COMMON_SOURCE_FIELDS, *COMMON_TARGET_FIELDS]
+    sections = list(dict.fromkeys(f["schema"]["section"] for f in fields.values()
+                                  if "section" in f["schema"]))
+    assert sections == list(SECTIONS)  # sections in form order, each one contiguous
+    assert [f["schema"].get("section") for f in fields.values()] == sorted(
+        (f["schema"].get("section") for f in fields.values()),
+        key=lambda s: -1 if s is None else SECTIONS.index(s))
+    shown = fields["source_type"]["schema"]["values_display"]
+    assert set(shown) == set(fields["source_type"]["schema"]["enum"])
+    assert shown["file"].startswith("file: ") and "Kubernetes" in shown["file"]
+    assert fields["aws_role_arn"]["label"] == "AWS Role ARN"
+    assert "target.aws.role_arn" in fields["aws_role_arn"]["description"]
+    assert "Only for source type file." in fields["path"]["description"]
+    for name in (*COMMON_TARGET_FIELDS, "aws_sts_endpoint_url", "aws_duration_seconds"):
+        assert "default" not in fields[name]["schema"], name
+    assert fields["aws_duration_seconds"]["schema"]["type"] == ["integer", "null"]
+
+
+def test_every_target_property_is_a_flat_field_or_in_the_target_json() -> None:
+    from keyless import config_json_schema
+    from keyless_airflow.target_fields import TARGET_FIELDS
+
+    schema = config_json_schema()
+    for name, field in TARGET_FIELDS.items():
+        ref = f"{field.cloud.capitalize()}Target"
+        assert field.key in schema["$defs"][ref]["properties"], name
+        assert name not in FLAT_SOURCE_FIELDS and name in conn_fields(), name
+    assert set(schema["properties"]) - {"source"} <= set(conn_fields())
+
+
+@pytest.mark.parametrize("case", sorted(COMMON_CASES))
+def test_each_common_case_is_typed_fields_only(case: str) -> None:
+    from keyless import load_config
+
+    flat, document = COMMON_CASES[case]
+    assert not any(isinstance(v, (dict, list)) for v in flat.values())  # no JSON typed
+    assert config_from_extra(_as_saved(flat)) == load_config(document)
+
+
+def test_flat_target_fields_merge_into_the_target_json() -> None:
+    extra = {**_as_saved(COMMON_CASES["file+aws"][0]), "aws_sts_endpoint_url":
+             "https://sts.eu-west-1.amazonaws.com", "aws_duration_seconds": 900,
+             "target": {"aws": {"policy_arns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]},
+                        "azure": {"tenant_id": "t", "client_id": "c"}}}
+    config = config_from_extra(extra)
+    assert config.target.aws is not None and config.target.azure is not None
+    assert config.target.aws.role_arn == ROLE and config.target.aws.duration_seconds == 900
+    assert config.target.aws.policy_arns == ["arn:aws:iam::aws:policy/ReadOnlyAccess"]
+    assert config.target.aws.sts_endpoint_url == "https://sts.eu-west-1.amazonaws.com"
+    # the same value both ways is one value; different values are refused, naming the field
+    same = {**extra, "target": {"aws": {"role_arn": ROLE}}}
+    assert config_from_extra(same).target.aws == config_from_extra(
+        {**extra, "target": None}).target.aws
+    with pytest.raises(ConfigError) as info:
+        config_from_extra({**extra, "target": {"aws": {"role_arn": ROLE + "2"}}})
+    assert info.value.field == "aws_role_arn" and ROLE not in str(info.value)
+
+
+@pytest.mark.parametrize(("flat", "field", "label"), [
+    ({"aws_role_arn": "not-an-arn"}, "target.aws.role_arn", "AWS Role ARN"),
+    ({"azure_tenant_id": "t"}, "target.azure.client_id", "Azure Client Id"),
+    ({"gcp_service_account": "sa@p.iam.gserviceaccount.com"}, "target.gcp.audience",
+     "GCP Workload Identity Provider"),
+])
+def test_a_bad_flat_target_field_is_named_with_its_form_label(
+        flat: dict[str, Any], field: str, label: str) -> None:
+    extra = _as_saved({"source_type": "file", "path": "/t", **flat})
+    with pytest.raises(ConfigError) as info:
+        config_from_extra(extra, where="airflow connection 'kl'")
+    assert info.value.field == field
+    assert f"form field {label!r}" in str(info.value)
+    assert "not-an-arn" not in str(info.value)

@@ -227,3 +227,26 @@ def test_block_source_types_follow_the_core_schema() -> None:
     core = types(SourceSpec)
     assert types(BlockSourceSpec) == core
     assert types(LeafSourceSpec) == core - {"token_exchange"}
+
+
+def test_the_block_form_is_made_for_a_person() -> None:
+    """Issue 21: no "str"/"None" tabs on optional fields, source tabs named by their `type`,
+    "Use AWS" / "Not used" on each target; the secrets stay Prefect secret fields (the
+    browser test saves such a form and loads it)."""
+    from keyless.config import SOURCE_SPECS
+
+    schema = KeylessCredentials.model_json_schema()
+    definitions = schema["definitions"]
+    source_tabs = {definitions[o["$ref"].rsplit("/", 1)[1]]["title"]
+                   for o in schema["properties"]["source"]["oneOf"]}
+    assert source_tabs == {spec.model_fields["type"].default for spec in SOURCE_SPECS}
+    cc = definitions["ClientCredentialsSource"]["properties"]
+    assert cc["token_url"]["type"] == "string" and "anyOf" not in cc["token_url"]
+    assert cc["client_secret"]["format"] == "password" and cc["client_secret"]["writeOnly"]
+    assert definitions["AwsTarget"]["properties"]["region"]["type"] == "string"
+    assert definitions["AwsTarget"]["title"] == "Use AWS"
+    aws = definitions["TargetsSpec"]["properties"]["aws"]
+    assert [o.get("title") for o in aws["anyOf"]] == [None, "Not used"]
+    # unions of several kinds keep their tabs (a policy is text or a JSON object)
+    assert "anyOf" in definitions["AwsTarget"]["properties"]["session_policy"]
+    assert set(schema["secret_fields"]) >= {"source.client_secret", "source.private_key"}

@@ -80,20 +80,20 @@ def _fill_form(page: Page, block_name: str, config: dict[str, Any]) -> None:
     page.locator("input[name=blockName]").fill(block_name)
 
     source_group = form_field(page, "Source")
-    choose(source_group, "ClientCredentialsSource", shows="Client Id")
-    type_into(form_field(source_group, "Token Url"), source["token_url"], member="str")
+    choose(source_group, "client_credentials", shows="Client Id")  # the source's `type`
+    # optional fields are plain boxes (no "str"/"None" tabs to click first)
+    type_into(form_field(source_group, "Token Url"), source["token_url"])
     type_into(form_field(source_group, "Client Id"), source["client_id"])
-    secret_box = type_into(form_field(source_group, "Client Secret"), source["client_secret"],
-                           member="password")
+    secret_box = type_into(form_field(source_group, "Client Secret"), source["client_secret"])
     assert secret_box.get_attribute("type") == "password", "the secret is not a password box"
-    type_into(form_field(source_group, "Audience"), source["audience"], member="str")
+    type_into(form_field(source_group, "Audience"), source["audience"])
 
     aws_group = form_field(form_field(page, "Target"), "AWS")
-    choose(aws_group, "AwsTarget", shows="Role Arn")
+    choose(aws_group, "Use AWS", shows="Role Arn")
     type_into(form_field(aws_group, "Role Arn"), aws["role_arn"])
-    type_into(form_field(aws_group, "Region"), aws["region"], member="str")
+    type_into(form_field(aws_group, "Region"), aws["region"])
     type_into(form_field(aws_group, "Session Name"), aws["session_name"])
-    type_into(form_field(aws_group, "Sts Endpoint Url"), aws["sts_endpoint_url"], member="str")
+    type_into(form_field(aws_group, "Sts Endpoint Url"), aws["sts_endpoint_url"])
 
     insecure = form_field(page, "Allow Insecure Http").get_by_role("switch")
     insecure.click()  # the IdP, STS front and moto are http:// on loopback
@@ -133,7 +133,7 @@ def test_a_person_makes_the_block_in_the_ui_and_a_flow_reads_s3_with_it(
         page.goto(f"{ui.url}/")
         page.get_by_role("link", name="Blocks", exact=True).first.click()
         page.locator("a[href$='/blocks/catalog']").first.click()  # the "+" by "Blocks"
-        search_catalog(page, "keyless", shows="1 Block")  # the search has narrowed it
+        search_catalog(page, "keyless credentials", shows="1 Block")  # narrowed to ours
         card = page.locator("[data-slot=card]").filter(has_text="Keyless Credentials")
         screenshot(page, NAME, "1-catalog")
 

@@ -1,5 +1,12 @@
 """The inverse of the connection form (:mod:`.fields`): the keyless config in a connection's
-extra, given as the form's flat fields or as the nested document."""
+extra, given as the form's flat fields or as the nested document.
+
+Accepted, in any mix the form can save: ``source_type`` and the flat source fields, or
+``source`` as JSON (not both); the flat target fields (``aws_role_arn`` ... see
+:mod:`.target_fields`) merged into ``target`` (JSON, optional when flat target fields are
+given); ``refresh``, ``audit``, ``delivery`` (JSON objects, or their text);
+``allow_insecure_http``; Airflow 2's ``extra__keyless__<field>`` keys; empty values are
+ignored. Errors are :class:`~keyless.errors.ConfigError` naming the field, never a value."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from keyless import ConfigError, KeylessConfig, load_config
 from keyless.host import host_config_error
 
 from .fields import FLAT_SOURCE_FIELDS, NESTED_FIELDS, PREFIX
+from .target_fields import TARGET_FIELDS, fold_targets
 
 __all__ = ["config_from_extra"]
 
@@ -65,14 +73,30 @@ def config_from_extra(extra: Mapping[str, Any], *, where: str = "airflow connect
                 source[name] = _json_value(name, source[name], where)
         document["source"] = source
     for name in (*NESTED_FIELDS, *[k for k in values if k not in NESTED_FIELDS]):
-        if name in values:
+        if name in values and name not in TARGET_FIELDS:
             value = values[name]
             document[name] = _json_value(name, value, where) if name in NESTED_FIELDS else value
-    if "target" not in document:
-        raise ConfigError(f"{where}: no `target`; fix: set the Target field (JSON), e.g. "
-                          '{"aws": {"role_arn": "arn:aws:iam::123456789012:role/NAME"}}',
-                          field="target")
+    target = fold_targets(document.get("target"), values, where)
+    if target is None:
+        raise ConfigError(f"{where}: no target; fix: fill a target's fields (AWS Role ARN, "
+                          "GCP Workload Identity Provider, Azure Tenant Id and Client Id) or "
+                          'the Target JSON, e.g. {"aws": {"role_arn": '
+                          '"arn:aws:iam::123456789012:role/NAME"}}', field="target")
+    document["target"] = target
     try:
         return load_config(document)
     except ConfigError as exc:
-        raise host_config_error(where, exc) from None
+        raise _named_by_form(host_config_error(where, exc), values) from None
+
+
+def _named_by_form(error: ConfigError, values: Mapping[str, Any]) -> ConfigError:
+    """``error`` with the form field's label added when it is about a flat target field and
+    that target was given by flat fields (the field path stays the config's:
+    ``target.aws.role_arn``)."""
+    clouds = {TARGET_FIELDS[name].cloud for name in values if name in TARGET_FIELDS}
+    for name, field in TARGET_FIELDS.items():
+        if field.cloud in clouds and error.field is not None and (
+                error.field == field.path or error.field.startswith(f"{field.path}.")):
+            return ConfigError(f"{error.message} (form field {field.label!r}, {name})",
+                               field=error.field)
+    return error

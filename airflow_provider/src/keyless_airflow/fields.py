@@ -1,17 +1,24 @@
 """The keyless connection's form, generated from the one config schema, and its inverse.
 
 :func:`conn_fields` turns :func:`keyless.config_json_schema` into Airflow 3.3 ``conn-fields``
-(the only form declaration 3.3's UI renders): ``source_type`` is a dropdown of source types;
-every field of every source variant is a flat field (enums as dropdowns, secrets as password
-fields, lists and nested sources as JSON); ``target``, ``refresh``, ``audit`` and ``delivery``
-are JSON objects; ``allow_insecure_http`` is a switch. Source fields get no UI default, so a
-form never saves a value the chosen source type does not take.
+(the only form declaration 3.3's UI renders). 3.3's form cannot show or hide a field by the
+value of another, but it groups fields into collapsible sections (``schema.section``, in the
+order fields first name them) and shows an enum's ``values_display``. So the form is ordered
+for the common cases, each field saying which source type or target it is for:
 
-:func:`config_from_extra` reads a connection's extra back into a
-:class:`~keyless.config.KeylessConfig`. It accepts the flat form above, the nested config
-document (``{"source": {...}, "target": {...}}``, the natural ``AIRFLOW_CONN_<ID>`` JSON) and
-Airflow 2's ``extra__keyless__<field>`` keys; JSON given as text is parsed. It raises
-:class:`~keyless.errors.ConfigError` naming the field at fault, never showing a value.
+- **Extra Fields** (the UI's own section): ``source_type`` (a dropdown, each type with a short
+  description), the source fields of the common cases (``path``; ``token_url``, ``issuer``,
+  ``client_id``, ``client_secret``; ``audience``), then the targets' identifiers as flat
+  fields (``aws_role_arn``, ``aws_region``, ``gcp_audience`` ... see :mod:`.target_fields`);
+- **More source fields**: every other source field (enums as dropdowns, secrets as password
+  fields, lists and nested sources as JSON);
+- **More target settings**: a few more flat target fields, then ``target`` as JSON for every
+  other target property;
+- **Refresh, audit, delivery**: those parts as JSON, and ``allow_insecure_http``.
+
+No field carries a UI default, so a form never saves a value the chosen source type does not
+take. :func:`keyless_airflow.extra.config_from_extra` reads a connection's extra back into a
+:class:`~keyless.config.KeylessConfig` (flat fields, the nested document, Airflow 2 keys).
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from typing import Any
 
 from keyless import config_json_schema
 
-__all__ = ["CONN_TYPE", "FLAT_SOURCE_FIELDS", "NESTED_FIELDS", "PREFIX", "conn_fields"]
+from .target_fields import COMMON_TARGET_FIELDS, MORE_TARGET_FIELDS, TargetField
+
+__all__ = ["COMMON_SOURCE_FIELDS", "CONN_TYPE", "FLAT_SOURCE_FIELDS", "NESTED_FIELDS", "PREFIX",
+           "SECTIONS", "conn_fields"]
 
 CONN_TYPE = "keyless"
 #: What Airflow 2-style forms put before each extra field's name.
@@ -116,41 +126,89 @@ def _describe(texts: Mapping[str, str], used_by: list[str]) -> str:
         parts = [next(iter(by_text))]
     else:
         parts = [f"{text.rstrip('.')} ({', '.join(types)})." for text, types in by_text.items()]
-    parts.append("Source " + ", ".join(used_by) + ".")
+    parts.append("Only for source type " + ", ".join(used_by) + ".")
     return " ".join(parts)
 
 
 #: Top-level config parts that are JSON objects in the form.
 NESTED_FIELDS: tuple[str, ...] = ("target", "refresh", "audit", "delivery")
+#: The source fields of the common cases, shown right after ``source_type`` (form order).
+COMMON_SOURCE_FIELDS: tuple[str, ...] = ("path", "token_url", "issuer", "client_id",
+                                         "client_secret", "audience")
+#: The form's sections after the UI's own "Extra Fields", in order.
+SECTIONS: tuple[str, ...] = ("More source fields", "More target settings",
+                             "Refresh, audit, delivery")
+
+
+def _first_sentence(text: str) -> str:
+    return " ".join(text.split()).split(". ")[0].rstrip(".")
+
+
+def _source_type_field(schema: Mapping[str, Any]) -> dict[str, Any]:
+    variants = _source_variants(schema)
+    return {
+        "label": "Source type",
+        "schema": {"type": ["string", "null"], "enum": [name for name, _ in variants],
+                   "values_display": {name: f"{name}: {_first_sentence(v.get('description', ''))}"
+                                      for name, v in variants}},
+        "description": "Where the workload's OIDC token comes from (default: ambient, the "
+                       "first source that applies on this host). The fields below say which "
+                       "source type each is for; leave the others empty.",
+    }
+
+
+def _target_field(schema: Mapping[str, Any], name: str, field: TargetField,
+                  section: str | None) -> dict[str, Any]:
+    ref = f"{field.cloud.capitalize()}Target"
+    prop = schema["$defs"][ref]["properties"][field.key]
+    required = field.key in schema["$defs"][ref].get("required", ())
+    text = prop.get("description", "").strip()
+    text = f"{text.rstrip('.')}. " if text else ""
+    need = "needed for" if required else "optional, for"
+    cloud = {"aws": "an AWS", "gcp": "a GCP", "azure": "an Azure"}.get(field.cloud, field.cloud)
+    field_schema = _field_schema(prop)
+    if section:
+        field_schema["section"] = section
+    return {"label": field.label, "schema": field_schema,
+            "description": f"{text}`{field.path}` ({need} {cloud} target)."}
+
+
+def _json_field(schema: Mapping[str, Any], name: str, section: str) -> dict[str, Any]:
+    ref = schema["properties"][name]["$ref"].rsplit("/", 1)[1]
+    text = schema["$defs"][ref].get("description", "")
+    example = (' Every target property the fields above do not offer, e.g. {"aws": '
+               '{"policy_arns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]}}; the fields '
+               "above are merged in.") if name == "target" else ""
+    return {"label": name.capitalize(), "schema": {"type": ["object", "null"], "section": section},
+            "description": f"{text} (JSON; see `keyless schema`).{example}"}
 
 
 def conn_fields() -> dict[str, dict[str, Any]]:
-    """The ``conn-fields`` of the keyless connection type, generated from the config schema."""
+    """The ``conn-fields`` of the keyless connection type, generated from the config schema,
+    in form order (see the module docstring)."""
     schema = _schema()
-    types = [name for name, _ in _source_variants(schema)]
-    fields: dict[str, dict[str, Any]] = {
-        "source_type": {
-            "label": "Source type",
-            "schema": {"type": ["string", "null"], "enum": types},
-            "description": "Where the workload's OIDC token comes from (default: ambient, "
-                           "the first source that applies on this host).",
-        },
-    }
+    more_source, more_target, other = SECTIONS
+    fields: dict[str, dict[str, Any]] = {"source_type": _source_type_field(schema)}
+    source_fields = {}
     for name, entry in _source_fields(schema).items():
-        fields[name] = {"label": entry["label"], "schema": entry["schema"],
-                        "description": _describe(entry["texts"], entry["used_by"])}
-    defs = schema["$defs"]
-    for name in NESTED_FIELDS:
-        ref = schema["properties"][name]["$ref"].rsplit("/", 1)[1]
-        text = defs[ref].get("description", "")
-        example = ' e.g. {"aws": {"role_arn": "arn:aws:iam::123456789012:role/NAME", ' \
-                  '"region": "us-east-1"}}' if name == "target" else ""
-        fields[name] = {"label": name.capitalize(), "schema": {"type": ["object", "null"]},
-                        "description": f"{text} (JSON; see `keyless schema`){example}"}
+        source_fields[name] = {"label": entry["label"], "schema": entry["schema"],
+                               "description": _describe(entry["texts"], entry["used_by"])}
+    for name in COMMON_SOURCE_FIELDS:
+        fields[name] = source_fields.pop(name)
+    for name, field in COMMON_TARGET_FIELDS.items():
+        fields[name] = _target_field(schema, name, field, None)
+    for name, entry in source_fields.items():
+        entry["schema"]["section"] = more_source
+        fields[name] = entry
+    for name, field in MORE_TARGET_FIELDS.items():
+        fields[name] = _target_field(schema, name, field, more_target)
+    fields["target"] = _json_field(schema, "target", more_target)
+    for name in NESTED_FIELDS[1:]:
+        fields[name] = _json_field(schema, name, other)
     insecure = schema["properties"]["allow_insecure_http"]
     fields["allow_insecure_http"] = {
         "label": insecure.get("title", "Allow insecure http"),
-        "schema": {"type": ["boolean", "null"], "default": False},
+        "schema": {"type": ["boolean", "null"], "default": False, "section": other},
         "description": insecure.get("description", ""),
     }
     return fields

@@ -34,6 +34,7 @@ from .fields import (
     BlockSourceSpec,
     _plain,
     _validate,
+    humanise_form,
     label_targets,
 )
 from .runtime import RunKey, current_run_key, prefect_worker_context
@@ -103,9 +104,11 @@ class KeylessCredentials(Clients, CredentialsBlock):
     ) -> dict[str, Any]:
         """Prefect's block schema (what the server stores and the UI's form renders), with a
         label on each target (pydantic gives a field typed by a model no title of its own,
-        so the form would call every target "Field")."""
+        so the form would call every target "Field") and the form made for a person
+        (:func:`~prefect_keyless.fields.humanise_form`: no "str"/"None" tabs, source types by
+        their ``type``, "Use AWS" / "Not used" on each target)."""
         schema = super().model_json_schema(by_alias, ref_template, schema_generator, mode)
-        return label_targets(schema)
+        return humanise_form(label_targets(schema))
 
     # ------------------------------------------------------------------ validation
     @model_validator(mode="before")

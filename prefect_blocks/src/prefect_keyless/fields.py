@@ -20,7 +20,7 @@ from keyless import ConfigError, KeylessConfig, load_config
 from keyless.config import SOURCE_SPECS, TokenExchangeSource
 
 __all__ = ["CONFIG_FIELDS", "LEAF_SPECS", "TARGET_TITLES", "BlockSourceSpec",
-           "BlockTokenExchangeSource", "LeafSourceSpec", "label_targets"]
+           "BlockTokenExchangeSource", "LeafSourceSpec", "humanise_form", "label_targets"]
 
 #: keyless's source specs (its one list) less ``token_exchange``: what the block nests.
 LEAF_SPECS: tuple[type[Any], ...] = tuple(s for s in SOURCE_SPECS if s is not TokenExchangeSource)
@@ -69,6 +69,52 @@ def label_targets(schema: dict[str, Any]) -> dict[str, Any]:
     for name, title in TARGET_TITLES.items():
         if name in properties:
             properties[name].setdefault("title", title)
+    return schema
+
+
+_SCALARS = ("string", "integer", "number", "boolean")
+#: The tab of a target left out (the null member of ``target.<cloud>``).
+NOT_USED = "Not used"
+
+
+def _plain_optional(prop: dict[str, Any]) -> dict[str, Any]:
+    """``anyOf: [<one scalar>, null]`` as the scalar (the form's text box leaves an empty
+    value out, so the field keeps its default None); any other property as is."""
+    options = prop.get("anyOf")
+    if not isinstance(options, list) or len(options) != 2:
+        return prop
+    scalars = [o for o in options if o.get("type") in _SCALARS and "$ref" not in o]
+    if len(scalars) != 1 or {"type": "null"} not in options:
+        return prop
+    plain = {key: value for key, value in prop.items() if key != "anyOf"}
+    return {**scalars[0], **plain}
+
+
+def humanise_form(schema: dict[str, Any]) -> dict[str, Any]:
+    """The block schema as Prefect's form should render it for a person; returns ``schema``.
+
+    Prefect 3.9's form renders a union as a row of tabs labelled by each member's title
+    (else its type: ``str``, ``None``). So: an optional scalar (``anyOf: [string, null]``)
+    becomes the plain scalar (one text box, no "str"/"None" tabs; left empty it is left out
+    and keeps its default); each source type's tab is labelled by its ``type`` value
+    (``file``, ``client_credentials`` ...); each target's tabs read "Use AWS" / "Not used".
+    Only the rendering changes: the block's values are validated by the Python model."""
+    definitions = schema.get("definitions") or schema.get("$defs") or {}
+    for definition in definitions.values():
+        properties = definition.get("properties", {})
+        for name, prop in properties.items():
+            properties[name] = _plain_optional(prop)
+        kind = properties.get("type", {}).get("const")
+        if isinstance(kind, str) and definition.get("title", "").endswith("Source"):
+            definition["title"] = kind
+    targets = definitions.get("TargetsSpec", {}).get("properties", {})
+    for name, prop in targets.items():
+        for option in prop.get("anyOf", []):
+            if option.get("type") == "null":
+                option["title"] = NOT_USED
+            elif "$ref" in option:
+                ref = option["$ref"].rsplit("/", 1)[1]
+                definitions[ref]["title"] = f"Use {TARGET_TITLES.get(name, name)}"
     return schema
 
 
