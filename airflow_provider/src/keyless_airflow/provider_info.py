@@ -11,12 +11,15 @@ from typing import Any
 
 from .fields import CONN_TYPE, conn_fields
 
-__all__ = ["DISTRIBUTION", "HOOK_CLASS", "HOOK_NAME", "HIDDEN_FIELDS", "get_provider_info"]
+__all__ = ["DISTRIBUTION", "HIDDEN_FIELDS", "HOOK_CLASS", "HOOK_NAME", "PLUGIN_CLASS",
+           "get_provider_info"]
 
 #: The canonical distribution name: Airflow refuses a provider whose ``package-name`` differs.
 DISTRIBUTION = "airflow-provider-keyless"
 HOOK_CLASS = "keyless_airflow.hooks.KeylessHook"
 HOOK_NAME = "OIDC workload identity (keyless)"
+#: Installs the Google and Azure provider adapters (see :mod:`keyless_airflow.plugin`).
+PLUGIN_CLASS = "keyless_airflow.plugin.KeylessPlugin"
 #: Standard connection fields that mean nothing here (the config lives in the extra fields).
 HIDDEN_FIELDS = ["host", "port", "login", "schema", "password"]
 
@@ -33,6 +36,9 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "integrations": [{"integration-name": "keyless", "tags": ["service"]}],
         "hooks": [{"integration-name": "keyless", "python-modules": ["keyless_airflow.hooks"]}],
+        # loaded by Airflow when it discovers providers eagerly ([core] lazy_discover_providers
+        # = False); else enable it with one line in the plugins folder (keyless_airflow.plugin)
+        "plugins": [{"name": "keyless", "plugin-class": PLUGIN_CLASS}],
         "connection-types": [{
             "connection-type": CONN_TYPE,
             "hook-class-name": HOOK_CLASS,
