@@ -2,7 +2,10 @@
 """The two commands of the README, on a fresh machine with Python >= 3.11, git and node/npm.
 
     python3 dev.py demo    run `keyless demo` (embedded default, no cloud account)
-    python3 dev.py test    build the test environments and run the whole suite
+    python3 dev.py test    build the test environments and run the whole suite, including the
+                           release step: the four distributions built (.envs/dist) and each
+                           installed from its wheel beside its host (.envs/wheels), checked by
+                           tests/release with the docs site (mkdocs build --strict)
     python3 dev.py bench   run the benchmarks (table + plot in benchmarks/results/)
 
 Environments live in .envs/ (one per host: Airflow 3.3 and Prefect 3.9 cannot share one).
@@ -21,6 +24,7 @@ import time
 import tomllib
 import venv
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -209,13 +213,56 @@ def source_files(directory: str) -> list[str]:
     return sorted(name for name in listed.split("\0") if name and (ROOT / name).is_file())
 
 
+def build_distributions(files: list[str], uv_bin: str, environ: dict[str, str]) -> dict[str, Path]:
+    """Build each distribution's sdist, then its wheel from that sdist, into .envs/dist from a
+    copy of its clean-clone ``files`` (the source tree is never written to); its wheel by
+    distribution directory."""
+    shutil.rmtree(DIST, ignore_errors=True)
+    for name in files:
+        (DIST / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, DIST / "src" / name)
+    wheels = {}
+    for directory in DISTRIBUTIONS:
+        run([uv_bin, "build", "--quiet", "--python", sys.executable, "--out-dir", str(DIST),
+             str(DIST / "src" / directory)], env=environ)
+        project = tomllib.loads((ROOT / directory / "pyproject.toml").read_text())
+        [wheels[directory]] = DIST.glob(f"{project['project']['name'].replace('-', '_')}-*.whl")
+    return wheels
+
+
+def wheel_environment(name: str, wheels: list[tuple[Path, str]], host: list[str],
+                      uv_bin: str, environ: dict[str, str]) -> None:
+    """.envs/wheels/NAME: ``wheels`` (file, extras) installed beside ``host`` from the package
+    index, as a user installs them. Made fresh whenever what it installs could resolve
+    differently (the wheels' requirements, the host, Python); otherwise only the wheels are
+    reinstalled into it (their dependencies are the ones it holds)."""
+    env_dir, digest = WHEELS / name, hashlib.sha256(f"{sys.version}{host}".encode())
+    for wheel, extras in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            [metadata] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+            requires = [line for line in archive.read(metadata).decode().splitlines()
+                        if line.startswith(("Requires-Dist:", "Provides-Extra:"))]
+        digest.update(f"{wheel.name.split('-')[0]}[{extras}]{requires}".encode())
+    stamp_file, python = env_dir / ".keyless-stamp", bin_path(env_dir, "python")
+    environ = dict(environ, UV_LINK_MODE="hardlink")  # these envs only run: no copy needed
+    if stamp_file.exists() and stamp_file.read_text() == digest.hexdigest():
+        run([uv_bin, "pip", "install", "--quiet", "--python", str(python), "--no-deps",
+             "--reinstall", *(str(wheel) for wheel, _ in wheels)], env=environ)
+        return
+    shutil.rmtree(env_dir, ignore_errors=True)
+    run([uv_bin, "venv", "--quiet", "--python", sys.executable, str(env_dir)], env=environ)
+    requirements = [f"{wheel.name.split('-')[0]}{f'[{extras}]' if extras else ''} @ "
+                    f"{wheel.as_uri()}" for wheel, extras in wheels]
+    run([uv_bin, "pip", "install", "--quiet", "--python", str(python), *requirements, *host],
+        env=environ)
+    stamp_file.write_text(digest.hexdigest())
+
+
 def build_release() -> bool:
-    """Build the sdists and wheels of DISTRIBUTIONS into .envs/dist (each from a copy of its
-    clean-clone files: the source tree is never written to), then make .envs/wheels/NAME of
-    WHEEL_ENVIRONMENTS from those wheel files and the package index (not editable, nothing
-    from the source tree). Skipped when the sources and the plan are unchanged (a stamp, like
-    the environments). tests/release checks the result; False if a build or install failed
-    (then no stale wheel or environment is left to pass those tests)."""
+    """The release step of the test command: build_distributions, then the wheel_environment
+    of each WHEEL_ENVIRONMENTS entry; tests/release checks the result. Skipped when the
+    distributions' files and the plan are unchanged (a stamp, like the environments). False
+    if a build or an install failed: then no archive is left to pass those tests."""
     files = [name for directory in DISTRIBUTIONS for name in source_files(directory)]
     digest = hashlib.sha256(f"{sys.version}{WHEEL_ENVIRONMENTS}".encode())
     for name in files:
@@ -224,32 +271,16 @@ def build_release() -> bool:
     if stamp_file.exists() and stamp_file.read_text() == stamp:
         return True
     log("building the distributions (.envs/dist) and their wheel environments (.envs/wheels)")
-    shutil.rmtree(DIST, ignore_errors=True)
-    shutil.rmtree(WHEELS, ignore_errors=True)
+    stamp_file.unlink(missing_ok=True)
     uv_bin, environ = str(uv()), uv_environ()
     try:
-        for name in files:
-            (DIST / "src" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ROOT / name, DIST / "src" / name)
-        wheels = {}
-        for directory in DISTRIBUTIONS:  # the sdist, then the wheel built from the sdist
-            run([uv_bin, "build", "--quiet", "--python", sys.executable, "--out-dir",
-                 str(DIST), str(DIST / "src" / directory)], env=environ)
-            project = tomllib.loads((ROOT / directory / "pyproject.toml").read_text())
-            name = project["project"]["name"].replace("-", "_")
-            [wheels[directory]] = DIST.glob(f"{name}-*.whl")
-        for env_name, (installs, host) in WHEEL_ENVIRONMENTS.items():
-            env_dir = WHEELS / env_name
-            run([uv_bin, "venv", "--quiet", "--python", sys.executable, str(env_dir)],
-                env=environ)
-            requirements = [f"{wheels[d].name.split('-')[0]}{f'[{extras}]' if extras else ''}"
-                            f" @ {wheels[d].as_uri()}" for d, extras in installs.items()]
-            run([uv_bin, "pip", "install", "--quiet", "--python",
-                 str(bin_path(env_dir, "python")), *requirements, *host], env=environ)
-    except subprocess.CalledProcessError as failed:
+        wheels = build_distributions(files, uv_bin, environ)
+        for name, (installs, host) in WHEEL_ENVIRONMENTS.items():
+            wheel_environment(name, [(wheels[d], extras) for d, extras in installs.items()],
+                              host, uv_bin, environ)
+    except (subprocess.CalledProcessError, ValueError) as failed:
         log(f"release build failed: {failed}")
         shutil.rmtree(DIST, ignore_errors=True)
-        shutil.rmtree(WHEELS, ignore_errors=True)
         return False
     stamp_file.write_text(stamp)
     return True

@@ -6,8 +6,10 @@
    ``keyless <cmd> --help`` runs with exit status 0 (so documented commands exist);
 3. every ``yaml`` fenced block with top-level ``source:`` and ``target:`` loads with
    :func:`keyless.load_config` (documented configs are valid);
-4. every relative link in README.md and docs/ points to a file that exists, and a ``#anchor``
-   into a Markdown page names one of its headings;
+4. every relative link in README.md, docs/, examples/, SECURITY.md, CHANGELOG.md and the
+   distributions' READMEs (:data:`LINK_PAGES`) points to a file inside the repository that
+   exists, and a ``#anchor`` into a Markdown page names one of its headings; every external
+   link is https to the public docs of a project keyless builds on (:data:`PUBLIC_DOCS`);
 5. every shell command line in README.md, docs/ and examples/**/README.md is exercised: a
    ``keyless`` line either is one of 2. or is run here for real (:data:`LOCAL_RUNS`: the dev
    issuer, moto behind the verifying STS front, the example configs pointed at them, in a temp
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -52,6 +55,22 @@ DOCS = ROOT / "docs"
 PAGES = sorted([ROOT / "README.md", *DOCS.glob("**/*.md")])
 #: Pages whose shell commands are checked (5.): the docs and the examples' READMEs.
 COMMAND_PAGES = sorted([*PAGES, *EXAMPLES.glob("**/README.md")])
+#: Pages whose links are checked (4.): the docs, the examples' pages, the release's files and
+#: each distribution's README (its long description on the package index).
+LINK_PAGES = sorted({*PAGES, *EXAMPLES.glob("**/*.md"), ROOT / "SECURITY.md",
+                     ROOT / "CHANGELOG.md", *(ROOT / d / "README.md" for d in
+                                              ("core", "airflow_provider", "prefect_blocks",
+                                               "ray_runtime"))})
+#: Hosts an external link may point to: the public documentation of the projects keyless
+#: builds on (never a private host, a file outside the repository or a placeholder).
+PUBLIC_DOCS = frozenset({
+    "airflow.apache.org", "docs.prefect.io", "docs.ray.io", "pytorch.org", "docs.pytorch.org",
+    "docs.aws.amazon.com", "cloud.google.com", "learn.microsoft.com", "docs.databricks.com",
+    "huggingface.co", "docs.github.com", "docs.gitlab.com", "spiffe.io", "openid.net",
+    "datatracker.ietf.org", "www.rfc-editor.org", "docs.astral.sh", "packaging.python.org",
+    "keepachangelog.com", "semver.org", "www.apache.org", "mlflow.org", "opentelemetry.io",
+    "kubernetes.io", "docs.kuberay.io", "developer.hashicorp.com", "registry.terraform.io",
+})
 SHELL = ("sh", "shell", "bash", "console")
 KEYLESS = str(Path(sys.executable).with_name("keyless"))
 
@@ -154,16 +173,26 @@ def _anchors(page: Path) -> set[str]:
     return {_slug(m[1]) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*$", text, re.MULTILINE)}
 
 
-def _links() -> list[tuple[str, str]]:
+def _all_links() -> list[tuple[str, str]]:
+    """(page, target) of every Markdown link and autolink outside code in :data:`LINK_PAGES`."""
     found = []
-    for page in PAGES:
+    for page in LINK_PAGES:
         text = _FENCE.sub("", page.read_text(encoding="utf-8"))
-        for match in _LINK.finditer(text):
-            target = match["target"]
-            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
-                continue
-            found.append((str(page.relative_to(ROOT)), target))
+        targets = [m["target"] for m in _LINK.finditer(text)] + _AUTOLINK.findall(text)
+        found += [(str(page.relative_to(ROOT)), target) for target in targets]
     return found
+
+
+_AUTOLINK = re.compile(r"<([a-z][a-z0-9+.-]*:[^>\s]+)>")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:")  # https:, mailto:, ...
+
+
+def _links() -> list[tuple[str, str]]:
+    return [(page, target) for page, target in _all_links() if not _SCHEME.match(target)]
+
+
+def _external_links() -> list[tuple[str, str]]:
+    return [(page, target) for page, target in _all_links() if _SCHEME.match(target)]
 
 
 def test_troubleshooting_has_a_row_for_every_doctor_check_in_order() -> None:
@@ -180,12 +209,28 @@ LINKS = _links()
 
 def test_docs_have_links_to_check() -> None:
     assert len(LINKS) >= 10, LINKS
+    linked = {page for page, _ in LINKS}
+    assert {"SECURITY.md", "CHANGELOG.md", "core/README.md", "ray_runtime/README.md"} <= linked
+
+
+EXTERNAL_LINKS = _external_links()
+
+
+@pytest.mark.parametrize(("page", "target"), EXTERNAL_LINKS,
+                         ids=[f"{p}->{t}" for p, t in EXTERNAL_LINKS])
+def test_external_link_is_public_upstream_docs(page: str, target: str) -> None:
+    url = urlsplit(target)
+    assert url.scheme == "https" and url.hostname in PUBLIC_DOCS, (
+        f"{page}: link {target!r} is not https to the public docs of a project keyless builds "
+        "on (PUBLIC_DOCS); link in-repo docs or the upstream project's documentation")
 
 
 @pytest.mark.parametrize(("page", "target"), LINKS, ids=[f"{p}->{t}" for p, t in LINKS])
 def test_relative_link_resolves(page: str, target: str) -> None:
     path, _, anchor = target.partition("#")
     destination = (ROOT / page).parent / path if path else ROOT / page
+    assert destination.resolve().is_relative_to(ROOT), \
+        f"{page}: link {target!r} leaves the repository; link the in-repo docs instead"
     assert destination.exists(), f"{page}: link {target!r}: {destination} does not exist"
     if anchor and destination.suffix == ".md":
         assert anchor in _anchors(destination), \
@@ -227,8 +272,9 @@ NOT_RUN_HERE: tuple[NotRunHere, ...] = (
                "the keyless configs and a verifying STS",
                ("tests/core/test_examples_terraform.py", "trust-policy.json")),
     NotRunHere(r"^pip install ",
-               "installs published distributions from PyPI; the suite's environments install "
-               "this source tree instead (dev.py)"),
+               "installs published distributions from PyPI; the release step of dev.py builds "
+               "the same distributions' wheels here and installs each alone beside its host",
+               ("tests/release/test_release_installed.py", "airflow-provider-keyless")),
     NotRunHere(r"^export RAY_RUNTIME_ENV_PLUGINS=",
                "configures the shell that starts a Ray node; the Ray tests start their nodes "
                "with it", ("tests/ray_runtime/conftest.py", "RAY_RUNTIME_ENV_PLUGINS")),

@@ -30,8 +30,10 @@ from .worker import (
 if TYPE_CHECKING:
     from .plugin import KeylessPlugin
 
+__version__ = "0.1.0"
+
 __all__ = ["KeylessPlugin", "MANIFEST_VARIABLE", "MARKER_VARIABLE", "PLUGIN_NAME",
-           "PLUGIN_SETTING", "PLUGIN_SPEC", "boto3_session", "credential_endpoint",
+           "PLUGIN_SETTING", "PLUGIN_SPEC", "__version__", "boto3_session", "credential_endpoint",
            "flush_audit", "google_credentials", "identity", "ray_schema", "setup", "token",
            "worker_context", "write_schema"]
 
