@@ -101,3 +101,13 @@ def test_no_secret_in_the_hook_repr_or_the_rendered_extra(
 
     assert secret not in str(redact(f"client secret is {secret}"))
     leak_guard.add(repr(hook), rendered.model_dump_json(), nested_shown, str(hook.config))
+
+
+def test_every_provider_adapter_shares_one_hook_registry() -> None:
+    """S3Hook (session factory, also deferrable), GCSHook and WasbHook adapters take a task's
+    keyless hook from one registry, so one task using several providers on one keyless
+    connection builds one pipeline."""
+    from keyless_airflow import aws, aws_async, azure, google, registry
+
+    for module in (aws, aws_async, azure, google):
+        assert module.keyless_hook_for is registry.keyless_hook_for, module.__name__

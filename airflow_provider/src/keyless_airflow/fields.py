@@ -28,6 +28,7 @@ from typing import Any
 
 from keyless import config_json_schema
 
+from .field_schema import field_schema as _field_schema
 from .target_fields import COMMON_TARGET_FIELDS, MORE_TARGET_FIELDS, TargetField
 
 __all__ = ["COMMON_SOURCE_FIELDS", "CONN_TYPE", "FLAT_SOURCE_FIELDS", "NESTED_FIELDS", "PREFIX",
@@ -36,7 +37,6 @@ __all__ = ["COMMON_SOURCE_FIELDS", "CONN_TYPE", "FLAT_SOURCE_FIELDS", "NESTED_FI
 CONN_TYPE = "keyless"
 #: What Airflow 2-style forms put before each extra field's name.
 PREFIX = f"extra__{CONN_TYPE}__"
-_SCALARS = ("string", "integer", "number", "boolean")
 
 
 def _schema() -> dict[str, Any]:
@@ -53,34 +53,6 @@ def _source_variants(schema: Mapping[str, Any]) -> list[tuple[str, dict[str, Any
         ref = option["$ref"]
         variants.append((by_ref[ref], defs[ref.rsplit("/", 1)[1]]))
     return variants
-
-
-def _options(prop: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The non-null alternatives of a property."""
-    options = prop.get("anyOf") or prop.get("oneOf") or [prop]
-    return [dict(o) for o in options if o.get("type") != "null"]
-
-
-def _field_schema(prop: Mapping[str, Any]) -> dict[str, Any]:
-    """A conn-field ``schema`` for one config property (always nullable: fields are optional
-    in the form; the config model says what is required)."""
-    options = _options(prop)
-    if prop.get("secret") or any(o.get("format") == "password" for o in options):
-        return {"type": ["string", "null"], "format": "password"}
-    if len(options) == 1 and "enum" in options[0]:
-        return {"type": ["string", "null"], "enum": list(options[0]["enum"])}
-    if len(options) == 1 and options[0].get("type") in _SCALARS:
-        out: dict[str, Any] = {"type": [options[0]["type"], "null"]}
-        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern"):
-            if key in options[0]:
-                out[key] = options[0][key]
-        return out
-    if len(options) == 1 and options[0].get("type") == "array":
-        items = options[0].get("items", {})
-        if items.get("type") == "string":
-            return {"type": ["array", "null"], "items": {"type": "string"}}
-        return {"type": ["array", "null"]}
-    return {"type": ["object", "null"]}  # nested parts ($ref, unions, mappings): JSON
 
 
 def _merge(existing: dict[str, Any], new: dict[str, Any]) -> None:

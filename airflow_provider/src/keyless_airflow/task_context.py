@@ -9,11 +9,12 @@ a task the process context (``WorkerContext.from_environment()``) is returned un
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from keyless import WorkerContext
 
-__all__ = ["task_identity", "task_worker_context"]
+__all__ = ["task_identity", "task_worker_context", "worker_context_for"]
 
 
 def task_identity() -> dict[str, Any] | None:
@@ -39,11 +40,18 @@ def task_identity() -> dict[str, Any] | None:
 
 def task_worker_context(base: WorkerContext | None = None) -> WorkerContext:
     """``base`` (default: this process's context) filled from the running task, if any."""
-    context = base if base is not None else WorkerContext.from_environment()
     identity = task_identity()
     if identity is None:
-        return context
-    map_index = identity["map_index"]
+        return base if base is not None else WorkerContext.from_environment()
+    return worker_context_for(identity, base)
+
+
+def worker_context_for(identity: Mapping[str, Any],
+                       base: WorkerContext | None = None) -> WorkerContext:
+    """``base`` (default: this process's context) filled from a task identity (the keys of
+    :func:`task_identity`): the running task's, or the task a trigger waits for."""
+    context = base if base is not None else WorkerContext.from_environment()
+    map_index = int(identity["map_index"])
     return context.with_values(
         job_id=identity["dag_id"], task_id=identity["task_id"], run_id=identity["run_id"],
         rank=str(map_index) if map_index >= 0 else context.rank)
