@@ -20,12 +20,15 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import venv
 import xml.etree.ElementTree as ET
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent
 ENVS = ROOT / ".envs"
@@ -178,29 +181,30 @@ LINTED = ["core", "tests", "dev.py", "airflow_provider", "prefect_blocks", "ray_
           "examples", "benchmarks", "docs"]
 
 
-def lint(envs: dict[str, Path]) -> bool:
+def lint(envs: dict[str, Path], out: IO[str]) -> bool:
     """ruff over the tree; mypy --strict on keyless (core env) and on each host package in
-    its own environment (it imports its host)."""
+    its own environment (it imports its host). Output to ``out``."""
     core = envs["core"]
-    ok = True
-    log("ruff check")
+
+    def check(title: str, cmd: list[str], environ: dict[str, str] | None = None) -> bool:
+        out.write(f"[dev] {title}\n")
+        out.flush()
+        return subprocess.run(cmd, cwd=ROOT, env=environ, stdout=out,
+                              stderr=subprocess.STDOUT).returncode == 0
+
     paths = [p for p in LINTED if (ROOT / p).exists()]
-    ok &= subprocess.run([str(bin_path(core, "ruff")), "check", "--quiet", *paths],
-                         cwd=ROOT).returncode == 0
-    log("mypy --strict (keyless)")
-    ok &= subprocess.run([str(bin_path(core, "mypy")), "--cache-dir",
-                          str(ENVS / ".mypy_cache")], cwd=ROOT).returncode == 0
-    log("mypy --strict (benchmarks)")
-    ok &= subprocess.run([str(bin_path(core, "mypy")), "--strict", "--cache-dir",
-                          str(ENVS / ".mypy_cache"), "benchmarks"], cwd=ROOT).returncode == 0
+    ok = check("ruff check", [str(bin_path(core, "ruff")), "check", "--quiet", *paths])
+    ok &= check("mypy --strict (keyless)", [str(bin_path(core, "mypy")), "--cache-dir",
+                                            str(ENVS / ".mypy_cache")])
+    ok &= check("mypy --strict (benchmarks)", [str(bin_path(core, "mypy")), "--strict",
+                                               "--cache-dir", str(ENVS / ".mypy_cache"),
+                                               "benchmarks"])
     for name, targets in HOST_TYPECHECK.items():
-        if name not in envs:
-            continue
-        log(f"mypy --strict ({name})")
-        environ = dict(os.environ, MYPYPATH=str(ROOT / "core" / "src"))
-        ok &= subprocess.run([str(bin_path(envs[name], "python")), "-m", "mypy", "--strict",
-                              "--cache-dir", str(ENVS / f".mypy_cache_{name}"), *targets],
-                             cwd=ROOT, env=environ).returncode == 0
+        if name in envs:
+            ok &= check(f"mypy --strict ({name})",
+                        [str(bin_path(envs[name], "python")), "-m", "mypy", "--strict",
+                         "--cache-dir", str(ENVS / f".mypy_cache_{name}"), *targets],
+                        dict(os.environ, MYPYPATH=str(ROOT / "core" / "src")))
     return ok
 
 
@@ -286,13 +290,16 @@ def build_release() -> bool:
     return True
 
 
-def pytest(env: Path, name: str, paths: list[str]) -> tuple[int, dict[str, int]]:
+def pytest(env: Path, name: str, paths: list[str], out: IO[str]) -> tuple[int, dict[str, int]]:
+    """Run ``paths`` in ``env`` (output to ``out``); the exit status and the junit counts."""
     report = ENVS / f"junit-{name}.xml"
+    report.unlink(missing_ok=True)
     existing = [p for p in paths if (ROOT / p).exists()]
-    log(f"pytest in .envs/{name}: {' '.join(existing)}")
+    out.write(f"[dev] pytest in .envs/{name}: {' '.join(existing)}\n")
+    out.flush()
     code = subprocess.run([str(bin_path(env, "python")), "-m", "pytest", *existing,
                            *PYTEST_OPTIONS.get(name, []), f"--junitxml={report}"],
-                          cwd=ROOT).returncode
+                          cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     if report.exists():
         root = ET.parse(report).getroot()  # noqa: S314 - our own report
@@ -306,28 +313,80 @@ def pytest(env: Path, name: str, paths: list[str]) -> tuple[int, dict[str, int]]
     return code, counts
 
 
+#: The stages of the test command in two lanes that run side by side (2 cores; the suite's
+#: budget is 30 minutes): the core stage then Ray (one Ray cluster at a time, never beside the
+#: core stage's process-heavy tests), and lint then the other hosts' stages. Each stage's
+#: output goes to .envs/logs/STAGE.log and is printed whole when the stage ends.
+#: KEYLESS_TEST_SERIAL=1 runs the stages one after another instead.
+LANES = [["core", "ray"], ["lint", "airflow", "prefect", "release"]]
+_print_lock = threading.Lock()
+
+
+def run_stage(name: str, envs: dict[str, Path]) -> tuple[int, dict[str, int]]:
+    """One stage of LANES: lint (exit 1 if it failed) or a pytest environment."""
+    logs = ENVS / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.monotonic()
+    counts: dict[str, int] = {}
+    with (logs / f"{name}.log").open("w+") as out:
+        if name == "lint":
+            code = 0 if lint(envs, out) else 1
+        else:
+            code, counts = pytest(envs[name], name, ENVIRONMENTS[name][1], out)
+        out.seek(0)
+        with _print_lock:
+            print(f"[dev] ======== {name}: exit {code} in {time.monotonic() - started:.0f} s "
+                  "========", flush=True)
+            shutil.copyfileobj(out, sys.stdout)
+            sys.stdout.flush()
+    return code, counts
+
+
+def run_lanes(envs: dict[str, Path]) -> dict[str, tuple[int, dict[str, int]]]:
+    """Every stage of LANES, the lanes side by side; results by stage name."""
+    results: dict[str, tuple[int, dict[str, int]]] = {}
+    staged = [stage for stages in LANES for stage in stages]
+    if sorted(staged) != sorted([*ENVIRONMENTS, "lint"]):
+        raise SystemExit(f"[dev] LANES must hold lint and each of ENVIRONMENTS once: {staged}")
+
+    def lane(stages: list[str]) -> None:
+        for stage in stages:
+            results[stage] = run_stage(stage, envs)
+
+    if os.environ.get("KEYLESS_TEST_SERIAL") == "1":
+        lane(staged)
+        return results
+    with ThreadPoolExecutor(len(LANES)) as pool:
+        for done in [pool.submit(lane, stages) for stages in LANES]:
+            done.result()
+    return results
+
+
 def cmd_test() -> int:
     ensure_node_fixtures()
     ensure_chromium()
-    envs = {name: ensure_env(name) for name in ENVIRONMENTS}
-    ensure_env("docs")
+    uv()  # once, before the environments are built side by side
+    names = [*ENVIRONMENTS, "docs"]
+    with ThreadPoolExecutor(3) as pool:
+        built = dict(zip(names, pool.map(ensure_env, names), strict=True))
+    envs = {name: built[name] for name in ENVIRONMENTS}
     started = time.monotonic()
     release_ok = build_release()
     log(f"release build: {time.monotonic() - started:.0f} s")
-    lint_ok = lint(envs)
+    started = time.monotonic()
+    results = run_lanes(envs)
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     worst = 0
-    for name, (_req, paths) in ENVIRONMENTS.items():
-        code, counts = pytest(envs[name], name, paths)
+    for name, (code, counts) in results.items():
         worst = max(worst, code)
         for key, value in counts.items():
             totals[key] += value
-    if not lint_ok:
-        log("lint failed (ruff or mypy): see above")
-        worst = max(worst, 1)
+        if name == "lint" and code:
+            log("lint failed (ruff or mypy): see the lint stage above")
     if not release_ok:
         log("release build failed (uv build or a wheel environment): see above")
         worst = max(worst, 1)
+    log(f"stages: {time.monotonic() - started:.0f} s")
     print(f"total: {totals['passed']} passed, {totals['failed']} failed, "
           f"{totals['skipped']} skipped", flush=True)
     return worst

@@ -24,10 +24,14 @@ pytestmark = pytest.mark.e2e
 
 @dataclass
 class LeakGuard:
-    """Texts to scan, and values that must never appear in them."""
+    """Texts to scan, and values that must never appear in them. Its repr gives counts only:
+    pytest prints a failing test's arguments, and this one holds the secrets."""
 
     secrets: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"LeakGuard({len(self.secrets)} secrets, {len(self.texts)} texts)"
 
     def add(self, *values: Any) -> None:
         """Register text a user could see: output, a repr, an exception, an environment."""

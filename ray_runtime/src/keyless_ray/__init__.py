@@ -3,11 +3,11 @@
 Node side: :class:`KeylessPlugin`, the runtime-env plugin named ``keyless``, registered on every
 node with ``RAY_RUNTIME_ENV_PLUGINS='[{"class":"keyless_ray.KeylessPlugin"}]'``; optional
 submit-time validation with ``RAY_RUNTIME_ENV_PLUGIN_SCHEMAS`` (``python -m
-keyless_ray.schema``). Worker side: :func:`setup` (a ``worker_process_setup_hook``) and the
-lazy helpers :func:`boto3_session`, :func:`google_credentials`, :func:`token` and
-:func:`credential_endpoint`, which resolve the worker's identity (job, node, worker, Ray Train
-rank) inside the worker. ``KeylessPlugin`` is imported lazily: the worker helpers need only
-keyless.
+keyless_ray.schema``; Ray applies it to ``RuntimeEnv.set("keyless", ...)`` only). Worker side:
+:func:`setup` (a ``worker_process_setup_hook``) and the lazy helpers :func:`boto3_session`,
+:func:`google_credentials`, :func:`token` and :func:`credential_endpoint`, which resolve the
+worker's identity (job, node, worker, Ray Train rank) inside the worker. ``KeylessPlugin`` is
+imported lazily: the worker helpers need only keyless.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The JSON schema Ray validates ``runtime_env["keyless"]`` with at submit time.
 
 Ray loads it from ``RAY_RUNTIME_ENV_PLUGIN_SCHEMAS`` (files or directories of ``*.json``)
-and matches a schema to a runtime-env key by its ``title``: so this is
+and matches a schema to a runtime-env key by its ``title`` (Ray 2.60 applies it when the key
+is set on a ``RuntimeEnv`` with ``.set()`` or ``[...] =``; a plain dict is checked by the
+plugin on the node instead): so this is
 :func:`keyless.config_json_schema` titled ``keyless``. Write it with::
 
     python -m keyless_ray.schema /etc/ray/schemas/keyless.json
