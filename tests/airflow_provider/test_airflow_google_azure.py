@@ -221,9 +221,13 @@ def test_gcs_operator_and_hook_tasks_each_use_their_own_identity_across_rollover
         assert len(seen) >= 2 * reports[task]["rounds"] >= 16, reports
         assert {(r["principal"], r["kind"]) for r in seen} == {(TRAINER_SA, "downscoped")}
     refused = [r for r in requests if r["status"] >= 400]
-    # the operator's "does the bucket exist" (404, as the admin), and the boundary's refusal
-    assert [(r["method"], r["object"], r["principal"], r["status"]) for r in refused] == [
-        ("GET", None, ADMIN_SA, 404), ("GET", "write_objects/data.txt", None, 403)], refused
+    # the boundary's one refusal (read_objects reading write_objects' data) ...
+    assert [(r["method"], r["object"], r["principal"]) for r in refused if r["status"] == 403] \
+        == [("GET", "write_objects/data.txt", None)], refused
+    # ... and at most a "does the bucket exist yet" lookup as the admin (whether one is made
+    # before the bucket is created depends on timing in the provider: not asserted)
+    assert all((r["method"], r["object"], r["principal"], r["status"]) == (
+        "GET", None, ADMIN_SA, 404) for r in refused if r["status"] != 403), refused
 
     events = audit_events(audit, leak_guard)
     exchanges = [e for e in events if e["kind"] == "exchange" and e["target"] == "gcp"]

@@ -27,12 +27,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
 from keyless.secret import fingerprint
 from keyless.testing.ports import free_ports
+from tests.support.storage_front import FrontHandler
 from tests.support.token_servers import EntraLike, _self_signed
 
 __all__ = ["ACCOUNT", "ACCOUNT_KEY", "SCOPE", "AzuriteStorage"]
@@ -61,29 +62,6 @@ def _account_sas() -> str:
         expiry=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _serve(self) -> None:
-        storage: AzuriteStorage = self.server.storage  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        status, headers, payload = storage.handle(
-            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        self.send_response(status)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
 class AzuriteStorage:
     """Azurite behind the verifying HTTPS front (module doc). ``with AzuriteStorage(entra) as
     blob:`` starts both and stops them."""
@@ -97,7 +75,7 @@ class AzuriteStorage:
         self._sas = _account_sas()
         self._azurite_port = free_ports(1)[0]
         self._azurite: subprocess.Popen[bytes] | None = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), FrontHandler)
         self._server.daemon_threads = True
         self._server.storage = self  # type: ignore[attr-defined]
         cert, key = _self_signed(self._tmp)

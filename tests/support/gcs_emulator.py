@@ -27,13 +27,13 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from gcp_storage_emulator.handlers import buckets  # type: ignore[import-untyped]
 from gcp_storage_emulator.server import create_server  # type: ignore[import-untyped]
 
-from keyless.delivery.loopback import BodyRefused, LoopbackHttpServer, QuietHandler
+from keyless.delivery.loopback import LoopbackHttpServer, LoopbackService
 from keyless.testing.gcp_sts import GcpSts, StorageRefused
 from keyless.testing.ports import free_ports
+from tests.support.storage_front import FrontHandler
 
 __all__ = ["GcsStorage"]
 
-_BODY_LIMIT = 64 * 1024 * 1024
 #: (pattern, group of the bucket, group of the object or None) for the JSON API's routes
 _ROUTES = (
     re.compile(r"^/(?:upload|download)?/?storage/v1/b/([^/]+)/o/(.+?)(?:/(?:acl|compose))?$"),
@@ -74,33 +74,9 @@ def _upload_name(headers: Mapping[str, str], body: bytes) -> str | None:
     return str(name["name"]) if isinstance(name, dict) and name.get("name") else None
 
 
-class _FrontHandler(QuietHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _serve(self) -> None:
-        storage: GcsStorage = self.server.storage  # type: ignore[attr-defined]
-        try:
-            body = self.read_body(_BODY_LIMIT)
-        except BodyRefused as refused:
-            self.send_json(refused.status, {"error": {"code": refused.status,
-                                                      "message": refused.description}})
-            return
-        status, headers, payload = storage.handle(
-            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        self.send_response(status)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
-
-
-class GcsStorage:
+class GcsStorage(LoopbackService):
     """gcp-storage-emulator (in memory) behind the verifying front; see the module doc.
-    ``with GcsStorage(sts) as gcs:`` starts both and stops them."""
+    ``with GcsStorage(sts) as gcs:`` starts both and stops them; :attr:`url` is the front's."""
 
     def __init__(self, sts: GcpSts) -> None:
         self.sts = sts
@@ -109,7 +85,7 @@ class GcsStorage:
         self._lock = threading.Lock()
         self._emulator_port = free_ports(1)[0]
         self._emulator: Any = None
-        self._front = LoopbackHttpServer(_FrontHandler, component="gcs emulator front",
+        self._server = LoopbackHttpServer(FrontHandler, component="gcs emulator front",
                                          attributes={"storage": self}, request_timeout=60)
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,25 +93,13 @@ class GcsStorage:
         if self._emulator is None:
             self._emulator = create_server("127.0.0.1", self._emulator_port, in_memory=True)
             self._emulator.start()
-        self._front.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
-        self._front.stop()
+        super().stop()
         if self._emulator is not None:
             self._emulator.stop()
             self._emulator = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The front's base URL (``http://127.0.0.1:PORT``)."""
-        return self._front.url
 
     def env(self) -> dict[str, str]:
         """The variable google-cloud-storage reads to talk to this front."""
