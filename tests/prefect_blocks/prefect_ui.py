@@ -34,7 +34,8 @@ from keyless.testing import free_ports
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
-__all__ = ["PrefectUI", "app", "choose", "form_field", "prefect_ui", "shown_value", "type_into"]
+__all__ = ["PrefectUI", "app", "choose", "form_field", "pick_block", "prefect_ui", "search_catalog",
+           "shown_value", "type_into"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,3 +170,15 @@ def shown_value(page: Page, label: str) -> Locator:
     """On a block's page: the value shown next to the key ``label``."""
     return page.locator(
         f"xpath=//span[normalize-space()='{label}']/following-sibling::span[1]").first
+
+
+def pick_block(group: Locator, name: str) -> None:
+    """In a field that references another block (a "Select a block..." button and "Add"),
+    open the list, search for the saved block ``name`` (the list shows a page of blocks) and
+    pick it, as a person would."""
+    from playwright.sync_api import expect
+
+    group.get_by_role("button", name="Select a block").click()
+    group.page.get_by_placeholder("Search for a block...").fill(name)
+    group.page.get_by_role("option", name=name, exact=True).click()
+    expect(group.get_by_role("button", name="Select a block")).to_contain_text(name)

@@ -12,12 +12,20 @@
   the flow's code from S3 on a keyless block, run as a process worker runs it
   (``python -m prefect.engine`` in a fresh directory).
 
+- blocks made as Prefect's UI form makes them (``POST /block_documents/`` with the payload
+  the form sends, captured from the browser: the schema's fields with their defaults, the
+  nested keyless block as a ``$ref``, and the block's ``block_type_slug``, a preset field of its
+  schema) load as the keyless classes where an ``S3Bucket``/``GcsBucket`` references them, in
+  a fresh process, and read through the verifying fronts on the task run's own identity.
+
 Everything printed (the test's output, the API's flow/task logs, the engine subprocess's
 output, the stored results) is scanned for the secrets and tokens the runs were issued.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import subprocess
 import sys
@@ -158,6 +166,17 @@ def _save_s3_bucket(federation: Federation, folder: str) -> tuple[str, str]:
     return bucket_name, aws_name
 
 
+def _gcp_config(idp: ReferenceIdP, gcs: GcsStorage) -> dict[str, Any]:
+    """A keyless config for GcpSts (the IdP's ``shortlived`` client, no impersonation)."""
+    return {"source": {"type": "client_credentials", "token_url": idp.token_url,
+                       "client_id": "shortlived",
+                       "client_secret": idp.client_secrets["shortlived"],
+                       "audience": "https:" + PROVIDER},
+            "target": {"gcp": {"audience": PROVIDER, "token_url": gcs.sts.token_url,
+                               "project_id": "keyless-proj"}},
+            "allow_insecure_http": True}
+
+
 def _save_gcs_bucket(idp: ReferenceIdP, gcs: GcsStorage, folder: str) -> str:
     boundary = {"accessBoundaryRules": [{
         "availableResource": f"//storage.googleapis.com/projects/_/buckets/{GCS_BUCKET}",
@@ -165,13 +184,8 @@ def _save_gcs_bucket(idp: ReferenceIdP, gcs: GcsStorage, folder: str) -> str:
         "availabilityCondition": {"expression": "resource.name.startsWith("
                                   f"'projects/_/buckets/{GCS_BUCKET}/objects/{folder}/"
                                   "{task_id}/')"}}]}
-    config = {"source": {"type": "client_credentials", "token_url": idp.token_url,
-                         "client_id": "shortlived",
-                         "client_secret": idp.client_secrets["shortlived"],
-                         "audience": "https:" + PROVIDER},
-              "target": {"gcp": {"audience": PROVIDER, "token_url": gcs.sts.token_url,
-                                 "access_boundary": boundary, "project_id": "keyless-proj"}},
-              "allow_insecure_http": True}
+    config = _gcp_config(idp, gcs)
+    config["target"]["gcp"]["access_boundary"] = boundary
     keyless_name, gcp_name, bucket_name = _name("keyless"), _name("gcp"), _name("gcs")
     KeylessCredentials(**config).save(keyless_name)
     KeylessGcpCredentials(keyless=KeylessCredentials.load(keyless_name)).save(gcp_name)
@@ -270,9 +284,9 @@ def test_blocks_refuse_static_keys_and_show_no_secret(federation: Federation) ->
         assert secret not in shown and "client_secret=SecretStr('**********')" in shown
     assert "aws_secret_access_key" not in repr(aws)
     assert set(KeylessAwsCredentials.model_json_schema()["properties"]) == {
-        "region_name", "aws_client_parameters", "keyless"}
+        "region_name", "aws_client_parameters", "keyless", "block_type_slug"}
     assert set(KeylessGcpCredentials.model_json_schema()["properties"]) == {
-        "project", "keyless"}
+        "project", "keyless", "block_type_slug"}
 
 
 # ---------------------------------------------------------------------- 3: pull step
@@ -340,3 +354,154 @@ def test_a_deployment_pulls_its_code_from_s3_on_keyless_credentials(
     assert sorted(f["path"].rsplit("/", 1)[1] for f in reads if f["method"] == "GET") == [
         "notes.txt", "pulled_flow.py"]
     _guard(leak_guard, printed, *logs)
+
+
+# ---------------------------------------------------------------------- 4: made in the UI
+def _initial(prop: dict[str, Any], definitions: dict[str, Any]) -> Any:
+    """What the form fills a property with before anyone types: its ``default`` (``null``
+    too), else for an object (not a block reference) the object of its properties' initial
+    values; else nothing (``_NOTHING``)."""
+    if "$ref" in prop:
+        prop = {**definitions[prop["$ref"].rsplit("/", 1)[1]], **prop}
+    if "default" in prop:
+        return copy.deepcopy(prop["default"])
+    if prop.get("type") == "object" and "block_type_slug" not in prop:
+        values = {name: _initial(sub, definitions)
+                  for name, sub in prop.get("properties", {}).items()}
+        values = {name: value for name, value in values.items() if value is not _NOTHING}
+        return values or _NOTHING
+    return _NOTHING
+
+
+_NOTHING = object()
+
+
+def form_data(fields: dict[str, Any], keyless_id: Any, typed: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` Prefect 3.9's UI create form posts for a block whose schema is ``fields``
+    (the rule read from the form's code, checked field for field against what the browser
+    posted, in test_prefect_browser.py): each property's initial value (:func:`_initial`:
+    ``block_type_slug`` preset; ``aws_client_parameters`` whole), then what was typed
+    (``typed``; a dotted key types into a nested object's box), and the referenced keyless
+    block as a ``$ref``."""
+    definitions = fields.get("definitions", {})
+    data: dict[str, Any] = {}
+    for name, prop in fields["properties"].items():
+        value = _initial(prop, definitions)
+        if value is not _NOTHING:
+            data[name] = value
+    for key, value in typed.items():
+        outer, _, inner = key.partition(".")
+        if inner:
+            data[outer][inner] = value
+        else:
+            data[outer] = value
+    data["keyless"] = {"$ref": {"block_document_id": str(keyless_id)}}
+    return data
+
+
+def post_as_the_form(api_url: str, block_class: Any, name: str, keyless_id: Any,
+                     typed: dict[str, Any], *, leave_out: str | None = None) -> None:
+    """``POST /block_documents/`` as the UI's create page does (its JSON, field for field),
+    on the block type's schema as the server has it; ``leave_out``: a key to drop from the
+    data (the control: what the form posted before the schema had ``block_type_slug``)."""
+    import httpx
+
+    block_class.register_type_and_schema()
+    with get_client(sync_client=True) as client:
+        block_type = client.read_block_type_by_slug(block_class.get_block_type_slug())
+        schema = client.get_most_recent_block_schema_for_block_type(block_type.id)
+    assert schema is not None
+    data = form_data(schema.fields, keyless_id, typed)
+    data.pop(leave_out or "", None)
+    response = httpx.post(f"{api_url}/block_documents/", json={
+        "block_schema_id": str(schema.id), "block_type_id": str(block_type.id),
+        "is_anonymous": False, "data": data, "name": name}, timeout=30)
+    assert response.status_code == 201, response.text
+
+
+#: The fresh process: a flow whose task runs load each bucket by name and read one object.
+USE_BUCKETS = """
+import json, sys
+from pathlib import Path
+from prefect import flow, task
+from prefect.runtime import flow_run, task_run
+from prefect_aws.s3 import S3Bucket
+from prefect_gcp.cloud_storage import GcsBucket
+import prefect_keyless  # S3Bucket looks its credentials class up without importing collections
+
+job = json.loads(sys.argv[1])
+
+
+@task
+def read(kind: str, block: str, key: str) -> dict:
+    bucket = S3Bucket.load(block) if kind == "s3" else GcsBucket.load(block)
+    credentials = bucket.credentials if kind == "s3" else bucket.gcp_credentials
+    return {"class": type(credentials).__name__, "task_run": task_run.name,
+            "body": bucket.read_path(key).decode() if key else None}
+
+
+@flow
+def use_buckets() -> dict:
+    reads = {name: read(*args) for name, args in job["reads"].items()}
+    return {"flow_run": flow_run.name, **reads}
+
+
+Path(job["out"]).write_text(json.dumps(use_buckets()))
+"""
+
+
+def test_blocks_posted_as_the_ui_form_does_load_as_keyless_where_referenced(
+        prefect_server: PrefectServer, federation: Federation, gcs: GcsStorage,
+        reference_idp: ReferenceIdP, leak_guard: LeakGuard, tmp_path: Path) -> None:
+    aws_keyless, gcp_keyless = _name("keyless"), _name("keyless")
+    KeylessCredentials(**federation.config(session_name="{job_id}-{task_id}")).save(aws_keyless)
+    KeylessCredentials(**_gcp_config(reference_idp, gcs)).save(gcp_keyless)
+    aws_id = KeylessCredentials.load(aws_keyless)._block_document_id
+    gcp_id = KeylessCredentials.load(gcp_keyless)._block_document_id
+    aws_ui, aws_bare, gcp_ui = _name("aws-ui"), _name("aws-bare"), _name("gcp-ui")
+    typed = {"region_name": federation.aws.region,
+             "aws_client_parameters.endpoint_url": federation.aws.s3_url}
+    post_as_the_form(prefect_server.api_url, KeylessAwsCredentials, aws_ui, aws_id, typed)
+    post_as_the_form(prefect_server.api_url, KeylessAwsCredentials, aws_bare, aws_id, typed,
+                     leave_out="block_type_slug")
+    post_as_the_form(prefect_server.api_url, KeylessGcpCredentials, gcp_ui, gcp_id,
+                     {"project": "ml-project"})
+
+    # buckets that reference them, saved from Python as a person would
+    folder = federation.prefix + "ui-made"
+    s3_ui, s3_bare, gcs_ui = _name("s3"), _name("s3"), _name("gcs")
+    S3Bucket(bucket_name=federation.aws.bucket, bucket_folder=folder,
+             credentials=KeylessAwsCredentials.load(aws_ui)).save(s3_ui)
+    S3Bucket(bucket_name=federation.aws.bucket, bucket_folder=folder,
+             credentials=KeylessAwsCredentials.load(aws_bare)).save(s3_bare)
+    GcsBucket(bucket=GCS_BUCKET, bucket_folder=folder,
+              gcp_credentials=KeylessGcpCredentials.load(gcp_ui)).save(gcs_ui)
+    federation.aws.put_object(federation.aws.bucket, f"{folder}/data.txt", "on S3")
+    gcs.put_object(GCS_BUCKET, f"{folder}/data.txt", b"on GCS")
+
+    out = tmp_path / "used.json"
+    job = {"out": str(out), "reads": {"s3": ["s3", s3_ui, "data.txt"],
+                                      "gcs": ["gcs", gcs_ui, "data.txt"],
+                                      "control": ["s3", s3_bare, None]}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(PREFECT_API_URL=prefect_server.api_url, STORAGE_EMULATOR_HOST=gcs.url)
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", USE_BUCKETS, json.dumps(job)], env=env,
+                         capture_output=True, text=True, timeout=240, check=False)
+    leak_guard.add(run.stdout, run.stderr)
+    assert run.returncode == 0, run.stderr[-3000:]
+    used = json.loads(out.read_text())
+    print(f"fresh process: {time.monotonic() - started:.1f}s")
+
+    assert used["s3"]["class"] == "KeylessAwsCredentials" and used["s3"]["body"] == "on S3"
+    assert used["gcs"]["class"] == "KeylessGcpCredentials" and used["gcs"]["body"] == "on GCS"
+    assert used["control"]["class"] == "AwsCredentials"  # no slug: the fallback it prevents
+    session = sanitize_session_name(f"{used['flow_run']}-{used['s3']['task_run']}")
+    reads = [f for f in federation.aws.front.forwarded
+             if f["path"] == f"/{federation.aws.bucket}/{folder}/data.txt"]
+    assert {(f["method"], f["status"], f["session_name"]) for f in reads} == {
+        ("HEAD", 200, session), ("GET", 200, session)}, reads  # read_path: HEAD, then GET
+    gcs_reads = [r for r in gcs.requests if r["object"] == f"{folder}/data.txt"]
+    assert gcs_reads and all(r["status"] == 200 and r["principal"] for r in gcs_reads), \
+        gcs.requests
+    assert gcs.sts.accepted, "the GCS read was not on a token GcpSts issued"

@@ -24,19 +24,17 @@ TLS verification, botocore config) apply to every client as in ``AwsCredentials`
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
-from uuid import UUID
 
 from prefect_aws import AwsCredentials
 from prefect_aws.credentials import ClientType
 from pydantic import Field, model_validator
 from pydantic.json_schema import GenerateJsonSchema
 
-from ._adapted import hide_fields, refuse_static_fields, stamp_block_type_slug
+from ._adapted import block_type_field, form_schema, refuse_static_fields
 from .credentials import KeylessCredentials
 
 if TYPE_CHECKING:
     import boto3
-    from prefect.client.schemas.objects import BlockDocument
 
 __all__ = ["KeylessAwsCredentials"]
 
@@ -61,6 +59,9 @@ class KeylessAwsCredentials(AwsCredentials):
     keyless: KeylessCredentials = Field(
         title="Keyless Credentials",
         description="The keyless block (its target.aws) whose identity the clients use.")
+    #: saved with the data, so a block referencing this one builds this class
+    block_type_slug: Literal["keyless-aws-credentials"] = block_type_field(
+        "keyless-aws-credentials")
 
     @model_validator(mode="before")
     @classmethod
@@ -79,21 +80,7 @@ class KeylessAwsCredentials(AwsCredentials):
     ) -> dict[str, Any]:
         """The block's schema (form and stored fields) without the static-credential fields."""
         schema = super().model_json_schema(by_alias, ref_template, schema_generator, mode)
-        return hide_fields(schema, STATIC_FIELDS)
-
-    def _to_block_document(
-        self,
-        name: str | None = None,
-        block_schema_id: UUID | None = None,
-        block_type_id: UUID | None = None,
-        is_anonymous: bool | None = None,
-        include_secrets: bool = False,
-    ) -> BlockDocument:
-        """Every ``save()`` goes through here: store the block type slug with the data."""
-        document = super()._to_block_document(
-            name=name, block_schema_id=block_schema_id, block_type_id=block_type_id,
-            is_anonymous=is_anonymous, include_secrets=include_secrets)
-        return stamp_block_type_slug(document, self.get_block_type_slug())
+        return form_schema(schema, STATIC_FIELDS)
 
     # ------------------------------------------------------------------ what prefect-aws calls
     def get_boto3_session(self) -> boto3.Session:

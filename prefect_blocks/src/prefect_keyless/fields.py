@@ -97,9 +97,13 @@ def humanise_form(schema: dict[str, Any]) -> dict[str, Any]:
     (else its type: ``str``, ``None``). So: an optional scalar (``anyOf: [string, null]``)
     becomes the plain scalar (one text box, no "str"/"None" tabs; left empty it is left out
     and keeps its default); each source type's tab is labelled by its ``type`` value
-    (``file``, ``client_credentials`` ...); each target's tabs read "Use AWS" / "Not used".
+    (``file``, ``client_credentials`` ...), the common ones first (:data:`FIRST_SOURCES`);
+    each target's tabs read "Use AWS" / "Not used".
     Only the rendering changes: the block's values are validated by the Python model."""
     definitions = schema.get("definitions") or schema.get("$defs") or {}
+    top = schema.get("properties", {})
+    for name, prop in top.items():  # the block's own fields (KeylessAwsCredentials' region)
+        top[name] = _plain_optional(prop)
     for definition in definitions.values():
         properties = definition.get("properties", {})
         for name, prop in properties.items():
@@ -115,7 +119,50 @@ def humanise_form(schema: dict[str, Any]) -> dict[str, Any]:
             elif "$ref" in option:
                 ref = option["$ref"].rsplit("/", 1)[1]
                 definitions[ref]["title"] = f"Use {TARGET_TITLES.get(name, name)}"
+    _common_sources_first(schema.get("properties", {}).get("source", {}), definitions)
     return schema
+
+
+#: The source tabs shown first, in this order (the rest follow in keyless's order): the
+#: model's default first (a form left alone posts it), then the common ones. Prefect's tab
+#: row does not wrap, so on a narrow window the last tabs sit under the block's card.
+FIRST_SOURCES = ("ambient", "file", "client_credentials")
+
+
+def _common_sources_first(prop: dict[str, Any], definitions: dict[str, Any]) -> None:
+    """Reorder the members of the ``source`` union (``prop``) by :data:`FIRST_SOURCES`, and
+    make each member's fresh value tell it apart where its required boxes can.
+
+    Prefect 3.9's form decides which tab a union's value belongs to by the names of the
+    value's keys: the first member whose properties hold most of them. A freshly chosen tab's
+    value holds ``type`` and the member's defaults, so ``file`` (``{type}``) would be taken
+    for ``ambient`` and its Path box never shown. A member whose fresh keys an earlier member
+    also has gets its required text boxes preset empty (``path``: ``""``), which only it has.
+    Members with no required box and the same field names as an earlier one (``github_actions``
+    as ``ambient``, ``gitlab`` as ``env``) keep their own ``type`` but show the earlier tab."""
+    members = prop.get("oneOf") or prop.get("anyOf") or []
+
+    def definition(member: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = definitions.get(
+            str(member.get("$ref", "")).rsplit("/", 1)[-1], {})
+        return found
+
+    def rank(member: dict[str, Any]) -> int:
+        kind = definition(member).get("properties", {}).get("type", {}).get("const")
+        return FIRST_SOURCES.index(kind) if kind in FIRST_SOURCES else len(FIRST_SOURCES)
+
+    members.sort(key=rank)
+    earlier: list[set[str]] = []
+    for member in members:
+        spec = definition(member)
+        properties = spec.get("properties", {})
+        fresh = {name for name, field in properties.items() if field.get("default") is not None}
+        if any(fresh <= names for names in earlier):
+            for name in spec.get("required", []):
+                field = properties.get(name, {})
+                if field.get("type") == "string" and "default" not in field:
+                    field["default"] = ""
+        earlier.append(set(properties))
 
 
 #: The block fields that make up the keyless config (everything the block stores).

@@ -23,18 +23,14 @@ hidden from the form.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
-from uuid import UUID
+from typing import Any, ClassVar, Literal
 
 from prefect_gcp import GcpCredentials  # type: ignore[import-untyped]
 from pydantic import Field, HttpUrl, model_validator
 from pydantic.json_schema import GenerateJsonSchema
 
-from ._adapted import hide_fields, refuse_static_fields, stamp_block_type_slug
+from ._adapted import block_type_field, form_schema, refuse_static_fields
 from .credentials import KeylessCredentials
-
-if TYPE_CHECKING:
-    from prefect.client.schemas.objects import BlockDocument
 
 __all__ = ["KeylessGcpCredentials"]
 
@@ -59,6 +55,9 @@ class KeylessGcpCredentials(GcpCredentials):  # type: ignore[misc]  # prefect-gc
     keyless: KeylessCredentials = Field(
         title="Keyless Credentials",
         description="The keyless block (its target.gcp) whose identity the clients use.")
+    #: saved with the data, so a block referencing this one builds this class
+    block_type_slug: Literal["keyless-gcp-credentials"] = block_type_field(
+        "keyless-gcp-credentials")
 
     @model_validator(mode="before")
     @classmethod
@@ -78,21 +77,7 @@ class KeylessGcpCredentials(GcpCredentials):  # type: ignore[misc]  # prefect-gc
         """The block's schema (form and stored fields) without the key fields."""
         schema: dict[str, Any] = super().model_json_schema(
             by_alias, ref_template, schema_generator, mode)
-        return hide_fields(schema, STATIC_FIELDS)
-
-    def _to_block_document(
-        self,
-        name: str | None = None,
-        block_schema_id: UUID | None = None,
-        block_type_id: UUID | None = None,
-        is_anonymous: bool | None = None,
-        include_secrets: bool = False,
-    ) -> BlockDocument:
-        """Every ``save()`` goes through here: store the block type slug with the data."""
-        document: BlockDocument = super()._to_block_document(
-            name=name, block_schema_id=block_schema_id, block_type_id=block_type_id,
-            is_anonymous=is_anonymous, include_secrets=include_secrets)
-        return stamp_block_type_slug(document, self.get_block_type_slug())
+        return form_schema(schema, STATIC_FIELDS)
 
     @model_validator(mode="after")
     def _defaults_from_keyless(self) -> KeylessGcpCredentials:
