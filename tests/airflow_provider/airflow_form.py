@@ -141,9 +141,9 @@ def labels_in_order(region: Locator, wanted: list[str]) -> list[str]:
     return [t for t in texts if t in wanted]
 
 
-def press_test(page: Page, conn_id: str, outcome: str) -> str:
+def press_test(page: Page, conn_id: str, outcome: str, step: str | None = None) -> str:
     """Press the connection's Test button; return the toast's message once ``outcome``
-    ("Successful" or "Failed") shows."""
+    ("Successful" or "Failed") shows (screenshot ``step`` of it, if given)."""
     from playwright.sync_api import expect
 
     row(page, conn_id).get_by_role("button", name="Test Connection").click()
@@ -151,6 +151,8 @@ def press_test(page: Page, conn_id: str, outcome: str) -> str:
     expect(toast).to_be_visible(timeout=TEST_TIMEOUT_MS)
     toast.hover()  # keeps the toast up (it pauses under the pointer) for the screenshot
     message = toast.locator("[data-part=description]").inner_text()
+    if step is not None:
+        shot(page, step)
     page.mouse.move(0, 0)  # let it go: the next Test's toast is then the only one
     expect(toast).to_have_count(0, timeout=TEST_TIMEOUT_MS)
     return message
@@ -179,9 +181,10 @@ def widget_check(group: Locator, spec: dict[str, Any]) -> None:
         expect(group.locator("input[type=text], input:not([type])")).to_have_count(1)
 
 
-def leaks(texts: dict[str, str], secret: str) -> list[str]:
-    """Names of the texts holding the secret or something shaped like a JWT (never the
-    values: a failure must not print the secret)."""
-    return [name for name, text in texts.items() if secret in text or redact(text) != text]
+def leaks(texts: dict[str, str], *secrets: str) -> list[str]:
+    """Names of the texts holding one of ``secrets`` or something shaped like a JWT (never
+    the values: a failure must not print a secret)."""
+    return [name for name, text in texts.items()
+            if any(secret in text for secret in secrets) or redact(text) != text]
 
 

@@ -209,7 +209,8 @@ class GcpSts(LoopbackService):
                                    "should be the full resource name of the Identity Provider.")
             claims = self._verify(subject, now)
             sub = str(claims.get("sub"))
-            principal = f"principal://iam.googleapis.com/{self.audience.lstrip('/')}/subject/{sub}"
+            pool = self.audience.removeprefix("//iam.googleapis.com/").split("/providers/")[0]
+            principal = f"principal://iam.googleapis.com/{pool}/subject/{sub}"
             issued = IssuedToken("federated", sub, principal, now + self._lifetime(3600),
                                  subject_sha256=fingerprint(subject),
                                  extra={"aud": claims.get("aud"), "iss": claims.get("iss"),
