@@ -139,6 +139,15 @@ def choose(group: Locator, member: str, *, shows: str | None = None,
                 raise
 
 
+def open_catalog(page: Page, base_url: str) -> None:
+    """The v2 UI's block catalog (Blocks -> "+"), opened by its address (Prefect 3.9 serves the
+    v2 UI under ``/v2``, the v1 UI at the root): clicking the "+" on a Blocks page that lists
+    blocks raced that page's own navigation in CI and stayed on the list, whose search box has
+    the same placeholder."""
+    page.goto(f"{base_url}/v2/blocks/catalog")
+    page.get_by_text("Can't find a block for your service").wait_for()
+
+
 def search_catalog(page: Page, text: str, *, shows: str, attempts: int = 3) -> None:
     """Type ``text`` into the block catalog's search box and wait until ``shows`` (e.g.
     "1 Block") is on the page. The catalog may re-render once while its block types load,

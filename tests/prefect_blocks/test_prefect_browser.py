@@ -55,6 +55,7 @@ from tests.prefect_blocks.prefect_ui import (
     PrefectUI,
     choose,
     form_field,
+    open_catalog,
     pick_block,
     prefect_ui,
     search_catalog,
@@ -282,10 +283,8 @@ def test_a_person_makes_the_blocks_in_the_ui_and_a_flow_uses_them(
         page.on("response", record)
         page.on("request", record_post)
 
-        # 1. Blocks -> "+" (add a block) -> the catalog, narrowed to our card
-        page.goto(f"{ui.url}/")
-        page.get_by_role("link", name="Blocks", exact=True).first.click()
-        page.locator("a[href$='/blocks/catalog']").first.click()  # the "+" by "Blocks"
+        # 1. the block catalog (Blocks -> "+"), narrowed to our card
+        open_catalog(page, ui.url)
         search_catalog(page, "keyless credentials", shows="1 Block")  # narrowed to ours
         card = page.locator("[data-slot=card]").filter(has_text="Keyless Credentials")
         screenshot(page, NAME, "1-catalog")
