@@ -3,10 +3,10 @@
 ``prefect_aws.deployments.steps.pull_from_s3`` takes ``credentials`` as the *data* of a block
 (``"{{ prefect.blocks.aws-credentials.dev }}"`` resolves to a dict) and rebuilds it with
 ``AwsCredentials.model_validate``. Prefect picks the subclass from a ``block_type_slug`` in that
-data, which a :class:`~prefect_keyless.aws.KeylessAwsCredentials` saved from Python stores;
-a block created in the UI form has none, and prefect-aws's step then builds a plain
-``AwsCredentials`` on the ambient credential chain, silently. This step has the same signature
-and output, always rebuilds a ``KeylessAwsCredentials`` from the data, and
+data, which a :class:`~prefect_keyless.aws.KeylessAwsCredentials` stores (saved from Python
+or made in the UI form); data written to the API without it makes prefect-aws's step build a
+plain ``AwsCredentials`` on the ambient credential chain, silently. This step has the same
+signature and output, always rebuilds a ``KeylessAwsCredentials`` from the data, and
 downloads with prefect-aws's own ``S3Bucket.get_directory`` on that identity::
 
     pull:
